@@ -1,0 +1,3 @@
+from stylejax.cli import entry
+
+entry()

@@ -1,0 +1,67 @@
+"""The one interface between the trainer and any model.
+
+A task says how to build parameters, how to score a batch, and where examples come from.
+The trainer owns everything else: meshes, shardings, optimizer, checkpoints, logging.
+
+A config names its task by import path (`config.task = "stylejax.models.vqgan:VQGANTask"`);
+the trainer calls `Task(config)`.
+"""
+from __future__ import annotations
+
+import abc
+import importlib
+from typing import Any, Mapping, Protocol
+
+import jax
+import ml_collections
+
+Params = Any  # a pytree; leaves may be boxed with `nn.Partitioned` (logical axis names)
+Batch = Mapping[str, jax.Array]
+
+
+class RandomAccessSource(Protocol):
+  """A grain-compatible data source: `len()` and `[i]` -> dict of numpy arrays."""
+
+  def __len__(self) -> int: ...
+
+  def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+class Task(abc.ABC):
+  """Base class of everything the trainer can train."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+
+  @abc.abstractmethod
+  def init(self, rng: jax.Array) -> Params:
+    """Returns freshly initialised params (logically boxed leaves are fine).
+
+    Pure and jittable: the trainer runs it under `jax.eval_shape` and then `jax.jit` with
+    sharded outputs, so params are born on their devices.
+    """
+
+  @abc.abstractmethod
+  def loss(self, params: Params, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Returns (scalar loss, aux metrics dict of scalars). `params` are unboxed arrays."""
+
+  @abc.abstractmethod
+  def source(self, split: str = "train") -> RandomAccessSource:
+    """Examples, one dict of numpy arrays per index (no batch axis)."""
+
+  def flops_per_example(self) -> float | None:
+    """Analytic training FLOPs per example, or None to use XLA's cost analysis."""
+    return None
+
+
+def load_task(config: ml_collections.ConfigDict) -> Task:
+  """Imports `config.task` ("package.module:ClassName") and builds it."""
+  path = config.task
+  module_name, _, attr = path.partition(":")
+  if not attr:
+    raise ValueError(f"config.task={path!r} must look like 'package.module:ClassName'.")
+  try:
+    cls = getattr(importlib.import_module(module_name), attr)
+  except (ImportError, AttributeError) as e:
+    raise ValueError(f"config.task={path!r} cannot be imported ({e}); check the config.") from e
+  return cls(config)

@@ -1,0 +1,199 @@
+"""The one training loop: any `Task`, any mesh, resumable, preemption-safe, reporting as it goes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from stylejax import checkpoint as ckpt_lib
+from stylejax import config as config_lib
+from stylejax import parallel
+from stylejax.data import pipeline as pipeline_lib
+from stylejax.train import metrics_writer, optim, step as step_lib
+from stylejax.train.task import Task, load_task
+
+
+class TrainError(RuntimeError):
+  """The run cannot go on; the message says why and what state the workdir is in."""
+
+
+class _StopSignal:
+  """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: no signal handling
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    self.received = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None):
+  """Mesh, task, optimizer and freshly initialised sharded state (no checkpoint I/O)."""
+  if not config.get("task"):
+    raise config_lib.ConfigError("config.task is empty; the config must name a Task class.")
+  mesh = parallel.make_mesh(config.mesh, devices)
+  parallel.check_batch(config.batch_size, mesh, config.grad_accum_steps)
+  task = load_task(config)
+  rules = parallel.as_rules(config.logical_axis_rules)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    abstract = nn.meta.unbox(jax.eval_shape(task.init, jax.random.key(0)))
+    tx, mask, schedule = optim.make_optimizer(config.optimizer, abstract, config.total_steps)
+    state, shardings = step_lib.init_state(task, tx, config, mesh)
+  return mesh, task, tx, mask, schedule, state, shardings
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax.Device] | None = None,
+          max_steps: int | None = None) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns a summary dict.
+
+  `max_steps` stops early after that many steps in this call (tests use it to simulate kills).
+  """
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config_lib.to_json(config))
+  mesh, task, tx, mask, schedule, state, shardings = build(config, devices)
+  rules = parallel.as_rules(config.logical_axis_rules)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+                                       async_save=config.checkpoint.async_save)
+  data = pipeline_lib.make_pipeline(task.source("train"), config.batch_size, seed=config.seed,
+                                    process_index=jax.process_index(), process_count=jax.process_count())
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    state, data_state = checkpointer.restore(state)
+    if data_state is not None:
+      data.set_state(data_state)
+  start = int(jax.device_get(state["step"]))
+  total = config.total_steps
+  summary = {"start_step": start, "final_step": start, "status": "done", "workdir": workdir}
+  if start >= total:
+    summary["status"] = "already_done"
+    checkpointer.close()
+    return summary
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    first = next(data)
+    batch = parallel.host_batch_to_global(first, mesh)
+    t0 = time.perf_counter()
+    compiled = step_lib.jit_train_step(task, tx, mask, config, shardings, mesh).lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    flops_per_step = _flops_per_step(task, config, compiled)
+    peak = metrics_writer.peak_flops_per_device()
+    writer = metrics_writer.MetricsWriter(workdir, enabled=is_main)
+    bar = tqdm(total=total, initial=start, disable=not (is_main and config.progress), desc="train",
+               dynamic_ncols=True)
+    bad = jnp.zeros((), bool)
+    last_saved = latest
+    tick, tick_step = time.perf_counter(), start
+    end = total if max_steps is None else min(total, start + max_steps)
+
+    def save(step: int, force: bool = False):
+      nonlocal last_saved
+      if bool(jax.device_get(bad)):
+        raise TrainError(f"non-finite loss or gradients before step {step}; stopped without saving. "
+                         f"Last good checkpoint: step {last_saved} in {checkpointer.directory}. "
+                         f"Lower the learning rate or enable grad clipping, then rerun to resume.")
+      checkpointer.save(step, state, data.get_state(), force=force)
+      last_saved = step
+
+    with _StopSignal() as stop:
+      for step in range(start, end):
+        if step > start:
+          batch = parallel.host_batch_to_global(next(data), mesh)
+        state, metrics = compiled(state, batch)
+        bad = bad | metrics["nonfinite"]
+        done = step + 1
+        bar.update(1)
+        if done % config.log_every == 0 or done == end:
+          host = jax.device_get(metrics)
+          if bool(jax.device_get(bad)):
+            save(done)  # raises with the message
+          now = time.perf_counter()
+          steps_per_s = (done - tick_step) / max(now - tick, 1e-9)
+          scalars = {k: float(v) for k, v in host.items() if k != "nonfinite"}
+          scalars.update(lr=float(schedule(done - 1)), steps_per_s=steps_per_s,
+                         examples_per_s=steps_per_s * config.batch_size)
+          if flops_per_step:
+            tflops = flops_per_step * steps_per_s / 1e12
+            scalars["tflops_per_s"] = tflops
+            if peak:
+              scalars["mfu"] = tflops * 1e12 / (peak * mesh.size)
+          if done == start + config.log_every or (start == 0 and done == 1):
+            scalars["compile_s"] = compile_s
+          writer.write(done, scalars)
+          bar.set_postfix(loss=f"{scalars['loss']:.4f}", ex_s=f"{scalars['examples_per_s']:.0f}")
+          tick, tick_step = now, done
+          summary["last_metrics"] = scalars
+        preempted = stop.received is not None
+        if jax.process_count() > 1 and not preempted:
+          preempted = checkpointer.reached_preemption(done)
+        if preempted:
+          save(done, force=True)
+          summary["status"] = "preempted"
+          summary["final_step"] = done
+          break
+        if done % config.checkpoint.every == 0 or done == total:
+          save(done)
+        summary["final_step"] = done
+    bar.close()
+    writer.close()
+  if summary["status"] == "done" and summary["final_step"] < total:
+    summary["status"] = "stopped"
+  checkpointer.close()
+  summary["state"] = state
+  return summary
+
+
+def _flops_per_step(task: Task, config, compiled) -> float | None:
+  per_example = task.flops_per_example()
+  if per_example:
+    return per_example * config.batch_size
+  per_device = metrics_writer.compiled_flops(compiled)
+  return per_device * jax.device_count() if per_device else None
+
+
+def load_params(workdir: str, devices: Sequence[jax.Device] | None = None, use_ema: bool = True) -> tuple[Any, Any]:
+  """Restores (config, params) from a workdir's latest checkpoint onto `devices` (default: all)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise TrainError(f"{workdir} has no config.json; pass the workdir of a `stylejax train` run.")
+  with open(path) as f:
+    config = config_lib.from_json(f.read())
+  config.unlock()
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  config.lock()
+  mesh, task, tx, mask, schedule, state, shardings = build(config, devices)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
+  if checkpointer.latest_step() is None:
+    raise TrainError(f"{workdir} has no checkpoint yet; train first.")
+  state, _ = checkpointer.restore(state, with_data=False)
+  checkpointer.close()
+  params = state["ema"] if (use_ema and "ema" in state) else state["params"]
+  return config, params
+
+
+def params_to_numpy(params: Any) -> Any:
+  return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
