@@ -105,11 +105,10 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def logical_shardings(abstract_tree: Any, mesh: jax.sharding.Mesh, rules: Sequence[Sequence[Any]]) -> Any:
-  """Shardings for a (possibly `nn.Partitioned`-boxed) abstract pytree; unboxed leaves are replicated."""
-  rules = tuple((name, tuple(ax) if isinstance(ax, list) else ax) for name, ax in rules)
-  specs = nn.get_partition_spec(abstract_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+def unbox(tree: Any) -> Any:
+  """Strips `nn.Partitioned` boxes without adding sharding constraints (works on abstract trees)."""
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+  return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box)
 
 
 def as_rules(rules: Sequence[Sequence[Any]]) -> tuple:
@@ -127,8 +126,8 @@ def init_sharded(init_fn: Callable[[jax.Array], Any], rng: jax.Array, mesh: jax.
   with nn.logical_axis_rules(rules):
     abstract = jax.eval_shape(init_fn, rng)
     shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
-    shardings = nn.meta.unbox(shardings)
-    params = jax.jit(lambda r: nn.meta.unbox(init_fn(r)), out_shardings=shardings)(rng)
+    shardings = unbox(shardings)
+    params = jax.jit(lambda r: unbox(init_fn(r)), out_shardings=shardings)(rng)
   return params, shardings
 
 
@@ -149,7 +148,3 @@ def describe_sharding(params: Any) -> dict[str, str]:
     key = "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
     out[key] = str(getattr(getattr(leaf, "sharding", None), "spec", None))
   return out
-
-
-def zeros_like_sharded(tree: Any) -> Any:
-  return jax.tree.map(jnp.zeros_like, tree)

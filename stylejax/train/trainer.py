@@ -58,7 +58,7 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
   task = load_task(config)
   rules = parallel.as_rules(config.logical_axis_rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract = nn.meta.unbox(jax.eval_shape(task.init, jax.random.key(0)))
+    abstract = parallel.unbox(jax.eval_shape(task.init, jax.random.key(0)))
     tx, mask, schedule = optim.make_optimizer(config.optimizer, abstract, config.total_steps)
     state, shardings = step_lib.init_state(task, tx, config, mesh)
   return mesh, task, tx, mask, schedule, state, shardings
