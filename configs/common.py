@@ -81,7 +81,8 @@ def base_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   c.grad_accum_steps = 1
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  c.logical_axis_rules = [list(r) for r in LOGICAL_AXIS_RULES]
+  # Lists, not tuples, so the config survives a JSON round trip unchanged.
+  c.logical_axis_rules = [[n, list(a) if isinstance(a, tuple) else a] for n, a in LOGICAL_AXIS_RULES]
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adamw", lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
