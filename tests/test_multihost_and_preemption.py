@@ -49,7 +49,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run_bitwise(tmp_path):
   straight = launch(tmp_path / "straight", *LONG)
   out, err = straight.communicate(timeout=600)
   assert straight.returncode == 0, err
-  kill_at = random.Random(os.getpid()).randint(5, 90)
+  kill_at = random.Random(os.getpid()).randint(5, 60)
   proc = launch(tmp_path / "killed", *LONG)
   while logged_steps(tmp_path / "killed") < kill_at and proc.poll() is None:
     time.sleep(0.01)

@@ -80,7 +80,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
                                        async_save=config.checkpoint.async_save)
   data = pipeline_lib.make_pipeline(task.source("train"), config.batch_size, seed=config.seed,
-                                    process_index=jax.process_index(), process_count=jax.process_count())
+                                    process_index=jax.process_index(), process_count=jax.process_count(),
+                                    numeric_only=True)
   latest = checkpointer.latest_step()
   if latest is not None:
     state, data_state = checkpointer.restore(state)
