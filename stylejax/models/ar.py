@@ -1,0 +1,409 @@
+"""Decoder-only token LM (Llama / Qwen2 / Chameleon family) with a static, explicit KV cache.
+
+Layer: x += Attn(RMSNorm(x)); x += SwiGLU(RMSNorm(x)). Attention is GQA (kv_heads divides
+heads; q head h reads kv head h // (heads / kv_heads), as transformers' `repeat_kv`), with
+optional q/k/v bias (Qwen2), optional per-head QK-norm (Chameleon LayerNorm or Qwen3 RMSNorm),
+and RoPE on explicit positions (1D, or 2D over an image grid as LlamaGen).
+
+The cache is a plain pytree (`KVCache`) passed in and returned: `model.apply(params, tokens,
+positions, cache) -> (logits, new_cache)`, so prefill and decode are the same pure function.
+Masking works on cache *slots*: a query in slot q sees key slots s <= q that hold real tokens
+(`valid`), plus itself. Padding can therefore sit anywhere in a prompt (e.g. a dropped text
+prefix in a CFG unconditional row); padding tokens only attend to themselves, so every softmax
+row stays finite.
+
+Conditioning: `prefix_embeds` [B, P, D or text_dim] are prepended (through Dense 'prefix_proj'
+when `text_dim` > 0); class/text conditioning by token ids needs nothing special; and
+`input_embeds_override=(mask [B, L], vectors [B, K, D])` writes the k-th vector of a row into
+that row's k-th masked token position (StyleAR's 16 style-token placeholders).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from stylejax.nn import rope as rope_lib
+
+Array = jax.Array
+
+
+class KVCache(NamedTuple):
+  """Static-size KV cache; a pytree, so it crosses jit / scan / fori_loop boundaries as is.
+
+  Size it for the whole run (prompt + generated): a write past the end is not an error under
+  jit (dynamic_update_slice clamps its start) and would silently overwrite the last slots.
+  """
+  k: Array  # [layers, B, S, kv_heads, head_dim]
+  v: Array  # [layers, B, S, kv_heads, head_dim]
+  valid: Array  # [B, S] bool: slot holds a real (non-padding) token
+  index: Array  # [] int32: next slot to write
+
+  @property
+  def max_len(self) -> int:
+    return self.k.shape[2]
+
+
+def _dtype(d: Any) -> jnp.dtype:
+  return jnp.dtype(d)
+
+
+def _init(std: float, names: tuple[str, ...]):
+  return nn.with_logical_partitioning(nn.initializers.normal(std), names)
+
+
+def overwrite_positions(x: Array, mask: Array, vectors: Array) -> Array:
+  """x [B, L, D]; mask [B, L] bool; vectors [B, K, D] -> x with the k-th True position of each
+  row replaced by vectors[b, k]. Rows with more than K True positions reuse vector K-1."""
+  k = vectors.shape[1]
+  idx = jnp.clip(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0, k - 1)  # [B, L]
+  gathered = jnp.take_along_axis(vectors, idx[..., None], axis=1)  # [B, L, D]
+  return jnp.where(mask[..., None], gathered.astype(x.dtype), x)
+
+
+class RMSNorm(nn.Module):
+  """x * rsqrt(mean(x^2) + eps) * scale, statistics in float32 (transformers' LlamaRMSNorm)."""
+  eps: float = 1e-6
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                       (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return y.astype(self.dtype) * scale.astype(self.dtype)
+
+
+class HeadLayerNorm(nn.Module):
+  """Chameleon QK-norm: LayerNorm over head_dim (eps 1e-5) with a separate affine per head."""
+  eps: float = 1e-5
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:  # x [B, L, H, D]
+    shape = x.shape[-2:]
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("heads", "kv")), shape,
+                       self.param_dtype)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")), shape,
+                      self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    return (y * scale + bias).astype(self.dtype)
+
+
+class Projection(nn.Module):
+  """y = x . kernel (+ bias) contracting the last `in_axes` dims of x; kernel [*in, *out].
+
+  Our own DenseGeneral: flax's reshapes a boxed kernel to 2D at init, which breaks logical
+  sharding constraints of rank-3 kernels under a mesh.
+  """
+  out_shape: tuple[int, ...]
+  names: tuple[str, ...]  # logical names of the kernel, in then out dims
+  in_axes: int = 1
+  use_bias: bool = False
+  init_std: float = 0.02
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    in_shape = x.shape[x.ndim - self.in_axes:]
+    kernel = self.param("kernel", _init(self.init_std, self.names), (*in_shape, *self.out_shape), self.param_dtype)
+    contract = (tuple(range(x.ndim - self.in_axes, x.ndim)), tuple(range(self.in_axes)))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.names[self.in_axes:]),
+                        self.out_shape, self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+def slot_mask(q_slots: Array, kv_valid: Array) -> Array:
+  """q_slots [L] int, kv_valid [B, S] bool -> [B, L, S]: causal over slots, real keys only, plus
+  the diagonal (so padding queries attend to themselves and never produce NaN)."""
+  k_slots = jnp.arange(kv_valid.shape[1])
+  causal = k_slots[None, :] <= q_slots[:, None]
+  diag = k_slots[None, :] == q_slots[:, None]
+  return (causal[None] & kv_valid[:, None, :]) | diag[None]
+
+
+class Attention(nn.Module):
+  """GQA self-attention over an optional per-layer KV cache."""
+  heads: int
+  kv_heads: int
+  head_dim: int
+  qkv_bias: bool = False
+  out_bias: bool = False
+  qk_norm: str = "none"  # "none" | "layernorm" (Chameleon) | "rms" (Qwen3)
+  rms_eps: float = 1e-6
+  init_std: float = 0.02
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, kv: tuple[Array, Array] | None, cos: Array, sin: Array, mask: Array,
+               index: Array) -> tuple[Array, tuple[Array, Array] | None]:
+    """x [B, L, D]; kv: (k, v) [B, S, Hkv, Dh] or None; cos/sin [B, L, Dh]; mask [B, L, S or L]."""
+    if self.heads % self.kv_heads:
+      raise ValueError(f"heads={self.heads} must be a multiple of kv_heads={self.kv_heads}.")
+    dense = lambda n, feats, names, bias: Projection(feats, names, 1, bias, self.init_std, self.dtype,
+                                                     self.param_dtype, name=n)
+    q = dense("q", (self.heads, self.head_dim), ("embed", "heads", "kv"), self.qkv_bias)(x)
+    k = dense("k", (self.kv_heads, self.head_dim), ("embed", "heads", "kv"), self.qkv_bias)(x)
+    v = dense("v", (self.kv_heads, self.head_dim), ("embed", "heads", "kv"), self.qkv_bias)(x)
+    if self.qk_norm == "layernorm":  # Chameleon normalises before RoPE
+      q = HeadLayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="q_norm")(q)
+      k = HeadLayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="k_norm")(k)
+    elif self.qk_norm == "rms":
+      q = RMSNorm(self.rms_eps, self.dtype, self.param_dtype, name="q_norm")(q)
+      k = RMSNorm(self.rms_eps, self.dtype, self.param_dtype, name="k_norm")(k)
+    elif self.qk_norm != "none":
+      raise ValueError(f"qk_norm={self.qk_norm!r}; use 'none', 'layernorm' or 'rms'.")
+    q = rope_lib.apply_rotary(q, cos, sin)
+    k = rope_lib.apply_rotary(k, cos, sin)
+    q = nn.with_logical_constraint(q, ("act_batch", "act_length", "act_heads", "act_kv"))
+
+    new_kv = None
+    if kv is not None:  # write this call's keys/values at slots [index, index + L)
+      ck, cv = kv
+      k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
+      v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
+      new_kv = (k, v)
+    k = nn.with_logical_constraint(k.astype(self.dtype), ("act_batch", "act_length", "act_heads", "act_kv"))
+    v = nn.with_logical_constraint(v.astype(self.dtype), ("act_batch", "act_length", "act_heads", "act_kv"))
+
+    b, l = q.shape[:2]
+    groups = self.heads // self.kv_heads
+    qg = q.reshape(b, l, self.kv_heads, groups, self.head_dim)
+    scores = jnp.einsum("blkgd,bskd->bkgls", qg, k).astype(jnp.float32) * self.head_dim ** -0.5
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+    out = jnp.einsum("bkgls,bskd->blkgd", probs, v).reshape(b, l, self.heads, self.head_dim)
+    out = Projection((x.shape[-1],), ("heads", "kv", "embed"), 2, self.out_bias, self.init_std, self.dtype,
+                     self.param_dtype, name="o")(out)
+    return out, new_kv
+
+
+class MLP(nn.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+  mlp_dim: int
+  use_bias: bool = False
+  init_std: float = 0.02
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    dense = lambda n, feats, names: nn.Dense(
+        feats, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype, name=n,
+        kernel_init=_init(self.init_std, names), bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]))
+    h = nn.silu(dense("gate", self.mlp_dim, ("embed", "mlp"))(x)) * dense("up", self.mlp_dim, ("embed", "mlp"))(x)
+    h = nn.with_logical_constraint(h, ("act_batch", "act_length", "act_mlp"))
+    return dense("down", x.shape[-1], ("mlp", "embed"))(h)
+
+
+class Block(nn.Module):
+  """Pre-norm decoder layer. Signature (carry, xs..., broadcasts...) so nn.scan can stack it."""
+  heads: int
+  kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  rms_eps: float = 1e-6
+  qkv_bias: bool = False
+  out_bias: bool = False
+  mlp_bias: bool = False
+  qk_norm: str = "none"
+  init_std: float = 0.02
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, kv: tuple[Array, Array] | None, cos: Array, sin: Array, mask: Array,
+               index: Array) -> tuple[Array, tuple[Array, Array] | None]:
+    h = RMSNorm(self.rms_eps, self.dtype, self.param_dtype, name="attn_norm")(x)
+    h, kv = Attention(self.heads, self.kv_heads, self.head_dim, self.qkv_bias, self.out_bias, self.qk_norm,
+                      self.rms_eps, self.init_std, self.dtype, self.param_dtype, name="attn")(h, kv, cos, sin, mask, index)
+    x = nn.with_logical_constraint(x + h, ("act_batch", "act_length", "act_embed"))
+    h = RMSNorm(self.rms_eps, self.dtype, self.param_dtype, name="mlp_norm")(x)
+    h = MLP(self.mlp_dim, self.mlp_bias, self.init_std, self.dtype, self.param_dtype, name="mlp")(h)
+    x = nn.with_logical_constraint(x + h, ("act_batch", "act_length", "act_embed"))
+    return x, kv
+
+
+class DecoderLM(nn.Module):
+  """Token decoder. See the module docstring; every field is a plain config value."""
+  vocab_size: int
+  hidden: int
+  layers: int
+  heads: int
+  kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  rope_theta: float = 10000.0
+  rms_eps: float = 1e-6
+  qkv_bias: bool = False  # Qwen2: bias on q/k/v
+  out_bias: bool = False  # Llama attention_bias=True also biases o_proj
+  mlp_bias: bool = False
+  qk_norm: Any = "none"  # "none" | "layernorm" (Chameleon) | "rms" (Qwen3); True means "layernorm"
+  tie_embeddings: bool = False
+  rope: str = "1d"  # "1d": positions [B, L]; "2d": positions [B, L, 2] (row, col)
+  grid: tuple[int, int] = (0, 0)  # image token grid (rows, cols) for rope="2d" samplers
+  max_len: int = 2048  # default KV-cache length
+  text_dim: int = 0  # > 0: prefix_embeds of this width go through Dense 'prefix_proj'
+  scan_layers: bool = False
+  remat: bool = False
+  init_std: float = 0.02
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @property
+  def qk_norm_kind(self) -> str:
+    if self.qk_norm is True:
+      return "layernorm"
+    if self.qk_norm is False or self.qk_norm is None:
+      return "none"
+    return str(self.qk_norm)
+
+  def init_cache(self, batch: int, max_len: int | None = None, dtype: Any = None) -> KVCache:
+    """An empty cache of `max_len` slots (default `self.max_len`), in the compute dtype."""
+    return init_cache(self, batch, max_len, dtype)
+
+  @nn.compact
+  def __call__(self, tokens: Array | None, positions: Array | None = None, cache: KVCache | None = None, *,
+               prefix_embeds: Array | None = None, attention_mask: Array | None = None,
+               input_embeds_override: tuple[Array, Array] | None = None,
+               last_only: bool = False) -> tuple[Array, KVCache | None]:
+    """Runs T = P + L positions: prefix_embeds [B, P, *] then tokens [B, L].
+
+    positions: [B, T] (rope '1d') or [B, T, 2] (rope '2d'); for '1d' it defaults to the count of
+      real tokens before each position (cache included), so padding does not shift positions.
+    cache: a `KVCache`; this call writes slots [cache.index, cache.index + T). None: no cache.
+    attention_mask: [B, T] bool, False for padding (default all True).
+    input_embeds_override: (mask [B, L] bool over token positions, vectors [B, K, hidden]).
+    last_only: return logits for the last position only ([B, 1, V]).
+    Returns (logits [B, T, V] float32, new cache or None).
+    """
+    dtype, pdtype = _dtype(self.dtype), _dtype(self.param_dtype)
+    embed = nn.Embed(self.vocab_size, self.hidden, dtype=dtype, param_dtype=pdtype, name="embed",
+                     embedding_init=_init(self.init_std, ("vocab", "embed")))
+    parts = []
+    if prefix_embeds is not None:
+      p = prefix_embeds.astype(dtype)
+      if self.text_dim:
+        p = nn.Dense(self.hidden, dtype=dtype, param_dtype=pdtype, name="prefix_proj",
+                     kernel_init=_init(self.init_std, ("conv_in", "embed")),
+                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(p)
+      elif p.shape[-1] != self.hidden:
+        raise ValueError(f"prefix_embeds width {p.shape[-1]} != hidden {self.hidden}; set text_dim to project it.")
+      parts.append(p)
+    if tokens is not None:
+      e = embed(tokens)
+      if input_embeds_override is not None:
+        omask, vectors = input_embeds_override
+        e = overwrite_positions(e, omask, vectors)
+      parts.append(e)
+    if not parts:
+      raise ValueError("DecoderLM needs tokens or prefix_embeds.")
+    x = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+    x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
+    b, t = x.shape[:2]
+
+    valid = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
+    if positions is None:
+      if self.rope != "1d":
+        raise ValueError("rope='2d' needs explicit positions [B, T, 2]; see stylejax.nn.rope.grid_positions.")
+      before = jnp.zeros((b,), jnp.int32) if cache is None else jnp.sum(cache.valid, axis=1, dtype=jnp.int32)
+      positions = jnp.maximum(before[:, None] + jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
+    cos, sin = rope_lib.rope_tables(positions, self.head_dim, self.rope_theta, self.rope)
+
+    if cache is None:
+      index, kv_valid, kv = jnp.zeros((), jnp.int32), valid, None
+    else:
+      index = cache.index
+      kv_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, index))
+      kv = (cache.k, cache.v)
+    mask = slot_mask(index + jnp.arange(t), kv_valid)
+
+    block_kwargs = dict(heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
+                        rms_eps=self.rms_eps, qkv_bias=self.qkv_bias, out_bias=self.out_bias, mlp_bias=self.mlp_bias,
+                        qk_norm=self.qk_norm_kind, init_std=self.init_std, dtype=dtype, param_dtype=pdtype)
+    block_cls = Block
+    if self.remat:
+      block_cls = nn.remat(Block, prevent_cse=not self.scan_layers)
+    if self.scan_layers:
+      stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast), length=self.layers,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+      x, new_kv = stack(**block_kwargs, name="layers")(x, kv, cos, sin, mask, index)
+    else:
+      outs = []
+      for i in range(self.layers):
+        kv_i = None if kv is None else (kv[0][i], kv[1][i])
+        x, kv_i = block_cls(**block_kwargs, name=f"layers_{i}")(x, kv_i, cos, sin, mask, index)
+        outs.append(kv_i)
+      new_kv = None if kv is None else (jnp.stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs]))
+
+    x = RMSNorm(self.rms_eps, dtype, pdtype, name="final_norm")(x)
+    if last_only:
+      x = x[:, -1:]
+    if self.tie_embeddings:
+      logits = embed.attend(x)
+    else:
+      logits = nn.Dense(self.vocab_size, use_bias=False, dtype=dtype, param_dtype=pdtype, name="lm_head",
+                        kernel_init=_init(self.init_std, ("embed", "vocab")))(x)
+    logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
+    new_cache = None if cache is None else KVCache(new_kv[0], new_kv[1], kv_valid, index + t)
+    return logits, new_cache
+
+
+def decoder_from_config(model_cfg: Mapping[str, Any], **overrides: Any) -> DecoderLM:
+  """DecoderLM from a flat mapping (e.g. `config.model`); unknown keys raise, lists become tuples
+  (modules must be hashable to be static jit arguments). `overrides` win (dtype=..., scan_layers=...)."""
+  fields = {f.name for f in dataclasses.fields(DecoderLM)} - {"parent", "name"}
+  kwargs = {**dict(model_cfg), **overrides}
+  unknown = sorted(set(kwargs) - fields)
+  if unknown:
+    raise ValueError(f"unknown DecoderLM config keys {unknown}; valid: {sorted(fields)}.")
+  return DecoderLM(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
+
+
+def init_cache(model: DecoderLM, batch: int, max_len: int | None = None, dtype: Any = None) -> KVCache:
+  """Empty `KVCache` for `model`: k/v [layers, batch, max_len, kv_heads, head_dim]."""
+  s = max_len or model.max_len
+  shape = (model.layers, batch, s, model.kv_heads, model.head_dim)
+  dt = _dtype(dtype or model.dtype)
+  return KVCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt), jnp.zeros((batch, s), bool), jnp.zeros((), jnp.int32))
+
+
+def lm_loss(logits: Array, targets: Array, weights: Array | None = None) -> tuple[Array, dict[str, Array]]:
+  """Next-token cross-entropy. logits [B, L, V] (already aligned with targets [B, L]); weights [B, L]."""
+  w = jnp.ones(targets.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  denom = jnp.maximum(jnp.sum(w), 1.0)
+  loss = jnp.sum(nll * w) / denom
+  accuracy = jnp.sum((jnp.argmax(logits, -1) == targets) * w) / denom
+  return loss, {"accuracy": accuracy}
+
+
+def stack_layer_params(params: dict, layers: int) -> dict:
+  """Unscanned params ('layers_0'..'layers_{n-1}') -> scanned layout ('layers', leading axis)."""
+  out = {k: v for k, v in params.items() if not k.startswith("layers_")}
+  out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[f"layers_{i}"] for i in range(layers)])
+  return out
+
+
+def unstack_layer_params(params: dict, layers: int) -> dict:
+  """Scanned params ('layers', leading axis) -> unscanned ('layers_0'..)."""
+  out = {k: v for k, v in params.items() if k != "layers"}
+  for i in range(layers):
+    out[f"layers_{i}"] = jax.tree.map(lambda x: x[i], params["layers"])
+  return out

@@ -1,0 +1,303 @@
+"""Autoregressive sampling for `DecoderLM`: one prefill, then ONE jitted `lax.fori_loop` decode.
+
+Per step (transformers' processor order): CFG combine -> repetition penalty -> additive logit
+bias -> vocabulary masks -> temperature -> top-k -> top-p -> sample (temperature 0: greedy).
+
+Prompts. A `Prompt` is [prefix_embeds (P); tokens (L)] with boolean masks (False = padding).
+Padding may sit anywhere except the LAST token position, whose logits start generation (use
+left padding for ragged prompts). 1D positions default to "number of real tokens before",
+so padding never shifts a row's positions (as transformers' generate with attention_mask).
+
+CFG (LlamaGen): the conditional and unconditional prompts are stacked into one [2B] batch and
+one KV cache, logits are combined as `uncond + s * (cond - uncond)`, and both streams get the
+same sampled token. The unconditional context is the caller's choice:
+  * learned null prefix: `uncond = Prompt(tokens, prefix_embeds=null[None].repeat(B, 0))`;
+  * prefix dropped (StyleAR: image tokens only): the same arrays with `prefix_mask` (and any
+    text-token `mask` entries) False — dropped positions become padding the model never sees.
+Prompts of different lengths are left-padded to a common length here.
+
+Repetition penalty "seen" tokens: the conditional prompt's real tokens plus everything
+generated (transformers also counts left-padding ids; we do not). A prompt-free generator
+(CoTyle: first index uniform) samples its first token itself and passes it as a 1-token prompt.
+
+Reproducibility: row i draws from `fold_in(fold_in(rng, i), step)`, so a row's tokens do not
+depend on which other rows share the batch (pass a [B] key array to choose per-row keys, e.g.
+CoTyle's "the style code is the seed"). Settings are traced, so new prompts, seeds and
+settings reuse one compilation; shapes, `num_steps`, the model, and which optional inputs are
+present (None or not) are static.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from stylejax.models.ar import DecoderLM, init_cache
+
+Array = jax.Array
+NEG_INF = -jnp.inf
+
+_TRACES = {"generate": 0}
+
+
+def trace_count() -> int:
+  """How many times the jitted decode loop has been traced in this process (for tests)."""
+  return _TRACES["generate"]
+
+
+class SampleSettings(NamedTuple):
+  """Traced sampling knobs (change freely without recompiling)."""
+  temperature: Any = 1.0  # 0 -> greedy argmax
+  top_k: Any = 0  # 0 -> off
+  top_p: Any = 1.0  # 1 -> off
+  repetition_penalty: Any = 1.0  # 1 -> off; transformers semantics (CoTyle uses 50)
+  cfg_scale: Any = 1.0  # used only when an unconditional prompt is given
+  eos_id: Any = -1  # >= 0: after a row emits it, the row keeps emitting it
+
+  def as_arrays(self) -> "SampleSettings":
+    f, i = jnp.float32, jnp.int32
+    return SampleSettings(jnp.asarray(self.temperature, f), jnp.asarray(self.top_k, i), jnp.asarray(self.top_p, f),
+                          jnp.asarray(self.repetition_penalty, f), jnp.asarray(self.cfg_scale, f),
+                          jnp.asarray(self.eos_id, i))
+
+
+class Prompt(NamedTuple):
+  """One stream's context. Shapes: tokens [B, L]; mask [B, L]; prefix_embeds [B, P, D];
+  prefix_mask [B, P]; positions [B, P+L] (rope 1d) or [B, P+L, 2] (2d);
+  override = (mask [B, L] bool, vectors [B, K, hidden]) for placeholder tokens."""
+  tokens: Any
+  mask: Any = None
+  prefix_embeds: Any = None
+  prefix_mask: Any = None
+  positions: Any = None
+  override: Any = None
+
+
+# ----------------------------------------------------------------------------- logit processing
+
+
+def cfg_combine(cond: Array, uncond: Array, scale: Array) -> Array:
+  """`uncond + s * (cond - uncond)` (LlamaGen / aMUSEd form)."""
+  return uncond + scale * (cond - uncond)
+
+
+def apply_repetition_penalty(logits: Array, seen: Array, penalty: Array) -> Array:
+  """transformers' RepetitionPenaltyLogitsProcessor: seen tokens' logits are divided by the
+  penalty when positive and multiplied when negative. logits, seen: [B, V]."""
+  penalised = jnp.where(logits < 0, logits * penalty, logits / penalty)
+  return jnp.where(seen, penalised, logits)
+
+
+def top_k_top_p_filter(logits: Array, top_k: Array, top_p: Array) -> Array:
+  """transformers' TopK then TopP warpers on [B, V] logits (traced k and p; one sort).
+
+  Top-k keeps logits >= the k-th largest (ties kept). Top-p keeps the smallest prefix of the
+  sorted distribution whose mass reaches p (a token is kept if the mass before it is < p).
+  """
+  v = logits.shape[-1]
+  sorted_desc = -jnp.sort(-logits, axis=-1)
+  k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)
+  kth = jnp.take(sorted_desc, k - 1, axis=-1)[..., None]
+  logits = jnp.where(logits < kth, NEG_INF, logits)
+  sorted_desc = jnp.where(jnp.arange(v) < k, sorted_desc, NEG_INF)
+  probs = jax.nn.softmax(sorted_desc, axis=-1)
+  mass_before = jnp.cumsum(probs, axis=-1) - probs
+  n_keep = jnp.maximum(jnp.sum(mass_before < top_p, axis=-1), 1)
+  pth = jnp.take_along_axis(sorted_desc, (n_keep - 1)[..., None], axis=-1)
+  return jnp.where((top_p < 1.0) & (logits < pth), NEG_INF, logits)
+
+
+def process_logits(logits: Array, settings: SampleSettings, seen: Array | None = None, bias: Array | None = None,
+                   allowed: Array | None = None) -> Array:
+  """Penalty, bias and vocabulary mask on [B, V] logits (everything before temperature)."""
+  if seen is not None:
+    logits = apply_repetition_penalty(logits, seen, settings.repetition_penalty)
+  if bias is not None:  # e.g. CoTyle high-frequency suppression as an additive penalty
+    logits = logits + bias
+  if allowed is not None:
+    logits = jnp.where(allowed, logits, NEG_INF)
+  return logits
+
+
+def sample_tokens(logits: Array, settings: SampleSettings, row_keys: Array) -> Array:
+  """[B, V] processed logits -> [B] int32 tokens. Temperature <= 0 is greedy."""
+  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  scaled = logits / jnp.maximum(settings.temperature, 1e-6)
+  scaled = top_k_top_p_filter(scaled, settings.top_k, settings.top_p)
+  drawn = jax.vmap(lambda key, l: jax.random.categorical(key, l))(row_keys, scaled).astype(jnp.int32)
+  return jnp.where(settings.temperature <= 0, greedy, drawn)
+
+
+def row_keys(rng: Array, batch: int) -> Array:
+  """A single key -> [B] keys fold_in(rng, i); a [B] batch of keys is returned as is."""
+  if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    is_single = rng.ndim == 0
+  else:
+    rng = jax.random.wrap_key_data(rng)
+    is_single = rng.ndim == 0
+  if is_single:
+    return jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(batch))
+  if rng.shape != (batch,):
+    raise ValueError(f"rng must be one key or a [{batch}] batch of keys; got shape {rng.shape}.")
+  return rng
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def _normalise(p: Prompt) -> dict[str, Any]:
+  tokens = jnp.asarray(p.tokens, jnp.int32)
+  b, l = tokens.shape
+  out = dict(tokens=tokens, mask=jnp.ones((b, l), bool) if p.mask is None else jnp.asarray(p.mask, bool),
+             prefix=None, prefix_mask=None, positions=p.positions, override=p.override)
+  if p.prefix_embeds is not None:
+    pe = jnp.asarray(p.prefix_embeds)
+    out["prefix"] = pe
+    out["prefix_mask"] = jnp.ones(pe.shape[:2], bool) if p.prefix_mask is None else jnp.asarray(p.prefix_mask, bool)
+  return out
+
+
+def _left_pad(x: Array | None, n: int, axis: int = 1) -> Array | None:
+  if x is None or n == 0:
+    return x
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (n, 0)
+  return jnp.pad(x, pad)
+
+
+def _stack_streams(c: dict, u: dict) -> dict:
+  """Left-pads both streams to common prefix/token lengths and concatenates them on batch."""
+  b = c["tokens"].shape[0]
+  if u["tokens"].shape[0] != b:
+    raise ValueError(f"cond and uncond prompts need the same batch; got {b} and {u['tokens'].shape[0]}.")
+  # prefixes: a missing one becomes an all-padding prefix of the other's width
+  if (c["prefix"] is None) != (u["prefix"] is None):
+    have, miss = (c, u) if u["prefix"] is None else (u, c)
+    miss["prefix"] = jnp.zeros_like(have["prefix"])
+    miss["prefix_mask"] = jnp.zeros(have["prefix"].shape[:2], bool)
+  if c["prefix"] is not None:
+    pc, pu = c["prefix"].shape[1], u["prefix"].shape[1]
+    n = max(pc, pu)
+    for s, p in ((c, pc), (u, pu)):
+      s["prefix"], s["prefix_mask"] = _left_pad(s["prefix"], n - p), _left_pad(s["prefix_mask"], n - p)
+      if s["positions"] is not None:
+        s["positions"] = _left_pad(jnp.asarray(s["positions"]), n - p)
+  lc, lu = c["tokens"].shape[1], u["tokens"].shape[1]
+  n = max(lc, lu)
+  for s, l in ((c, lc), (u, lu)):
+    s["tokens"], s["mask"] = _left_pad(s["tokens"], n - l), _left_pad(s["mask"], n - l)
+    if s["override"] is not None:
+      om, vec = s["override"]
+      s["override"] = (_left_pad(jnp.asarray(om, bool), n - l), vec)
+    if s["positions"] is not None:
+      s["positions"] = _left_pad(jnp.asarray(s["positions"]), n - l)
+  if (c["override"] is None) != (u["override"] is None):
+    have, miss = (c, u) if u["override"] is None else (u, c)
+    miss["override"] = (jnp.zeros(miss["tokens"].shape, bool), jnp.zeros_like(have["override"][1]))
+  if (c["positions"] is None) != (u["positions"] is None):
+    raise ValueError("give positions for both CFG streams or for neither.")
+  cat = lambda a, b_: None if a is None else jnp.concatenate([a, b_], axis=0)
+  out = {k: cat(c[k], u[k]) for k in ("tokens", "mask", "prefix", "prefix_mask", "positions")}
+  out["override"] = None if c["override"] is None else tuple(cat(x, y) for x, y in zip(c["override"], u["override"]))
+  return out
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_steps", "image_offset", "use_cfg"))
+def _generate(model: DecoderLM, params: Any, stream: dict, settings: SampleSettings, keys: Array,
+              vocab_mask: Array | None, step_vocab_mask: Array | None, logit_bias: Array | None,
+              *, num_steps: int, image_offset: int, use_cfg: bool) -> Array:
+  _TRACES["generate"] += 1
+  tokens, mask = stream["tokens"], stream["mask"]
+  rows, l = tokens.shape
+  b = rows // 2 if use_cfg else rows
+  valid = mask if stream["prefix"] is None else jnp.concatenate([stream["prefix_mask"], mask], axis=1)
+  t0 = valid.shape[1]
+  positions = stream["positions"]
+  if positions is None:
+    if model.rope == "2d":
+      positions = jnp.zeros((rows, t0, 2), jnp.int32)  # prefix at (0, 0): LlamaGen's zero table
+    else:
+      positions = jnp.maximum(jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
+  positions = jnp.asarray(positions, jnp.int32)
+  vocab = model.vocab_size
+
+  def allowed_at(step):
+    allowed = None if vocab_mask is None else jnp.broadcast_to(vocab_mask, (b, vocab))
+    if step_vocab_mask is not None:
+      m = jnp.broadcast_to(step_vocab_mask[step], (b, vocab))
+      allowed = m if allowed is None else allowed & m
+    return allowed
+
+  bias = None if logit_bias is None else jnp.broadcast_to(logit_bias.astype(jnp.float32), (b, vocab))
+
+  def pick(logits, seen, done, step):
+    logits = logits[:, -1]
+    if use_cfg:
+      logits = cfg_combine(logits[:b], logits[b:], settings.cfg_scale)
+    logits = process_logits(logits, settings, seen, bias, allowed_at(step))
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
+    tok = sample_tokens(logits, settings, step_keys)
+    tok = jnp.where(done, settings.eos_id, tok)
+    done = done | ((settings.eos_id >= 0) & (tok == settings.eos_id))
+    seen = seen.at[jnp.arange(b), tok].set(True)
+    return tok, seen, done
+
+  # Seen tokens for the repetition penalty: the (conditional) prompt's real tokens, as transformers.
+  seen = jnp.zeros((b, vocab), jnp.int32).at[jnp.arange(b)[:, None], tokens[:b]].max(mask[:b].astype(jnp.int32)) > 0
+  done = jnp.zeros((b,), bool)
+
+  cache = init_cache(model, rows, t0 + num_steps)
+  logits, cache = model.apply({"params": params}, tokens, positions, cache, prefix_embeds=stream["prefix"],
+                              attention_mask=valid, input_embeds_override=stream["override"], last_only=True)
+  tok, seen, done = pick(logits, seen, done, 0)
+  out = jnp.zeros((b, num_steps), jnp.int32).at[:, 0].set(tok)
+  last_pos = positions[:, -1]
+
+  def body(step, carry):
+    cache, out, seen, done = carry
+    prev = out[:, step - 1]
+    feed = jnp.concatenate([prev, prev]) if use_cfg else prev
+    if model.rope == "2d":
+      j = image_offset + step - 1
+      pos = jnp.broadcast_to(jnp.stack([j // model.grid[1], j % model.grid[1]]), (rows, 1, 2))
+    else:
+      pos = (last_pos + step)[:, None]
+    logits, cache = model.apply({"params": params}, feed[:, None], pos, cache, last_only=True)
+    tok, seen, done = pick(logits, seen, done, step)
+    return cache, out.at[:, step].set(tok), seen, done
+
+  _, out, _, _ = jax.lax.fori_loop(1, num_steps, body, (cache, out, seen, done))
+  return out
+
+
+def generate(model: DecoderLM, params: Any, prompt: Prompt, rng: Array, num_steps: int, *,
+             settings: SampleSettings = SampleSettings(), uncond: Prompt | None = None,
+             vocab_mask: Array | None = None, step_vocab_mask: Array | None = None,
+             logit_bias: Array | None = None, image_offset: int = 0) -> Array:
+  """Samples `num_steps` tokens after `prompt`. Returns [B, num_steps] int32.
+
+  params: unboxed DecoderLM params. rng: one key (row i uses fold_in(rng, i)) or [B] keys.
+  uncond: the unconditional stream for CFG (see module docstring); None disables CFG.
+  vocab_mask: [V] or [B, V] bool, True = may be sampled (e.g. image tokens only).
+  step_vocab_mask: [num_steps, V] bool per generated position (e.g. force row-end tokens).
+  logit_bias: [V] or [B, V] float added to the logits every step.
+  image_offset: rope '2d' only: the grid index of the first generated token.
+  """
+  if model.rope == "2d" and (model.grid[0] <= 0 or model.grid[1] <= 0):
+    raise ValueError("rope='2d' sampling needs model.grid = (rows, cols).")
+  if step_vocab_mask is not None and step_vocab_mask.shape[0] != num_steps:
+    raise ValueError(f"step_vocab_mask must be [num_steps={num_steps}, V]; got {step_vocab_mask.shape}.")
+  stream = _normalise(prompt)
+  b = stream["tokens"].shape[0]
+  if uncond is not None:
+    stream = _stack_streams(stream, _normalise(uncond))
+  keys = row_keys(rng, b)
+  as_arr = lambda x, dt: None if x is None else jnp.asarray(x, dt)
+  return _generate(model, params, stream, settings.as_arrays(), keys, as_arr(vocab_mask, bool),
+                   as_arr(step_vocab_mask, bool), as_arr(logit_bias, jnp.float32), num_steps=num_steps,
+                   image_offset=image_offset, use_cfg=uncond is not None)

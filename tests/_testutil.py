@@ -1,0 +1,20 @@
+"""Helpers shared by several test files (pytest puts tests/ on sys.path)."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def random_params(model: nn.Module, *args, **kw):
+  """Random params from numpy at eval_shape's shapes (jitting init compiles threefry: seconds on CPU).
+
+  Norm scales get 1 + noise, so a misplaced norm axis would show.
+  """
+  shapes = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), *args, **kw)["params"])
+  rng = np.random.default_rng(0)
+
+  def fill(path, s):
+    x = rng.normal(size=s.shape).astype(np.float32) * 0.3
+    return jnp.asarray(x + 1.0 if jax.tree_util.keystr(path).endswith("['scale']") else x)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)

@@ -1,0 +1,124 @@
+"""Evaluation metrics: exact means on hand-made cases, interval forms, exclusions, CoTyle extremes."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from stylejax.eval import metrics as M
+
+
+def _schema_ok(m):
+  assert set(m) == {"mean", "ci95", "n"}
+  json.dumps(m, allow_nan=False)  # plain floats / None only
+
+
+def test_wilson_matches_newcombe_1998_table():
+  # Newcombe (1998), Stat Med 17:857, Table I, method 3 (Wilson score) at z = 1.96.
+  for (k, n), (lo, hi) in {(81, 263): (0.2553, 0.3662), (15, 148): (0.0624, 0.1605),
+                           (0, 20): (0.0, 0.1611), (1, 29): (0.0061, 0.1718)}.items():
+    got = M.wilson_interval(k, n)
+    assert got == pytest.approx((lo, hi), abs=5e-5), (k, n)
+
+
+def test_mean_ci_normal_approximation():
+  v = [0.1, 0.3, 0.5, 0.7]
+  m = M.mean_ci(v)
+  _schema_ok(m)
+  half = 1.959963984540054 * np.std(v, ddof=1) / 2.0
+  assert m["mean"] == pytest.approx(0.4)
+  assert m["ci95"] == pytest.approx([0.4 - half, 0.4 + half])
+  assert m["n"] == 4
+  assert M.mean_ci([])["mean"] is None and M.mean_ci([0.5])["ci95"] == [None, None]
+
+
+def test_text_fidelity_needs_all_three_heads():
+  prompt = {"shape": [0, 1, 2, 3], "color": [0, 0, 1, 1], "count": [1, 2, 3, 1]}
+  pred = {"shape": [0, 1, 2, 0], "color": [0, 5, 1, 1], "count": [1, 2, 3, 1]}
+  m = M.text_fidelity(pred, prompt)  # image 0 and 2 fully right; 1 wrong color; 3 wrong shape
+  _schema_ok(m)
+  assert m["mean"] == 0.5 and m["n"] == 4
+  assert m["ci95"] == pytest.approx(list(M.wilson_interval(2, 4)))
+  heads = M.text_fidelity_per_head(pred, prompt)
+  assert heads["shape"]["mean"] == 0.75 and heads["color"]["mean"] == 0.75 and heads["count"]["mean"] == 1.0
+  # [N, 3] arrays in (shape, color, count) order are accepted too.
+  as_arr = lambda d: np.stack([d["shape"], d["color"], d["count"]], 1)
+  assert M.text_fidelity(as_arr(pred), as_arr(prompt)) == m
+
+
+def test_content_leakage_counts_leaks_and_excludes_same_shape_prompts():
+  ref = [4, 4, 4, 4, 4]
+  prompt = [1, 2, 3, 4, 4]   # the last two ask for the reference's own shape: excluded
+  pred = [4, 2, 3, 4, 1]     # image 0 shows the reference's shape although the prompt asked for shape 1
+  m = M.content_leakage(pred, prompt, ref)
+  _schema_ok(m)
+  assert m["n"] == 3 and m["mean"] == pytest.approx(1 / 3)
+  assert m["ci95"] == pytest.approx(list(M.wilson_interval(1, 3)))
+  # Every prompt shares the reference's shape -> nothing to measure.
+  empty = M.content_leakage([0, 1], [4, 4], [4, 4])
+  _schema_ok(empty)
+  assert empty["n"] == 0 and empty["mean"] is None
+
+
+def test_cosine_metrics_exact():
+  a = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
+  b = np.array([[2.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+  expected = np.array([1.0, 0.0, 1 / math.sqrt(2)])
+  for fn in (M.style_fidelity, M.clip_i, M.dino, M.image_similarity, M.clip_t):
+    m = fn(a, b)
+    _schema_ok(m)
+    assert m["mean"] == pytest.approx(expected.mean()) and m["n"] == 3
+  m100 = M.clip_t(a, b, scale=100.0)
+  assert m100["mean"] == pytest.approx(100 * expected.mean())
+  assert m100["ci95"] == pytest.approx([100 * x for x in M.clip_t(a, b)["ci95"]])
+  # A single reference [D] broadcasts against all generated images.
+  assert M.clip_i(a, np.array([1.0, 0.0]))["mean"] == pytest.approx(expected.mean())
+
+
+def test_style_consistency_and_diversity():
+  rng = np.random.default_rng(0)
+  e = rng.normal(size=(5, 8))
+  same = np.broadcast_to(e[0], (3, 4, 8))  # 3 groups, each 4 identical embeddings
+  c = M.style_consistency(same)
+  _schema_ok(c)
+  assert c["mean"] == pytest.approx(1.0) and c["n"] == 3
+  # Identical codes -> diversity 0; orthogonal codes -> diversity 1.
+  assert M.style_diversity(np.broadcast_to(e[0], (4, 3, 8)))["mean"] == pytest.approx(0.0, abs=1e-12)
+  eye = np.eye(4)[:, None, :].repeat(2, axis=1)
+  d = M.style_diversity(eye)
+  assert d["mean"] == pytest.approx(1.0) and d["n"] == 4
+  # Hand example: group [x, y, -x] pairwise cosines 0, -1, 0 -> mean -1/3.
+  x, y = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+  assert M.style_consistency([np.stack([x, y, -x]), np.stack([x, x])])["mean"] == pytest.approx((-1 / 3 + 1) / 2)
+  # Centroids at 0 and 90 degrees and 180: pair cosines 0, -1, 0 -> diversity 1 + 1/3.
+  assert M.style_diversity(np.stack([x, y, -x]))["mean"] == pytest.approx(1 + 1 / 3)
+
+
+def test_evaluation_protocol_jobs_and_aggregation():
+  proto = M.evaluation_protocol(["neon", "pixel"], ["two red stars", "one blue ring", "three green crosses"],
+                                samples_per_prompt=2, seed=3)
+  jobs = proto.jobs()
+  assert len(jobs) == len(proto) == 12
+  assert [j.style for j in jobs[:6]] == ["neon"] * 6 and jobs[6].style == "pixel"
+  assert len({j.seed for j in jobs}) == 12
+  # Seeds depend only on (seed, style, prompt, sample): a bigger protocol keeps the old seeds.
+  bigger = M.evaluation_protocol(["neon", "pixel", "mosaic"], ["two red stars", "one blue ring",
+                                                               "three green crosses", "x"], 2, seed=3).jobs()
+  old = {(j.style_index, j.prompt_index, j.sample): j.seed for j in jobs}
+  assert all(old[(j.style_index, j.prompt_index, j.sample)] == j.seed for j in bigger if j.style_index < 2
+             and j.prompt_index < 3)
+
+  fidelity = np.array([1, 1, 0, 1, 1, 1, 0, 0, 0, 1, 0, 0])
+  leak = np.array([np.nan, 0, 1, np.nan, 0, 0, 1, 1, np.nan, np.nan, 0, 1])
+  sim = np.linspace(0.0, 1.1, 12)
+  rep = proto.aggregate({"text_fidelity": fidelity, "content_leakage": leak, "clip_t": sim},
+                        group_metrics={"size": lambda idx: M.mean_ci([len(idx)])})
+  assert rep["overall"]["text_fidelity"] == M.rate_ci(fidelity)
+  assert rep["overall"]["content_leakage"]["n"] == 8 and rep["overall"]["content_leakage"]["mean"] == 0.5
+  assert rep["per_style"]["neon"]["text_fidelity"]["mean"] == pytest.approx(5 / 6)
+  assert rep["per_style"]["pixel"]["content_leakage"] == M.rate_ci([1, 1, 0, 1])
+  assert rep["per_style"]["pixel"]["clip_t"]["mean"] == pytest.approx(sim[6:].mean())
+  assert rep["overall"]["size"]["mean"] == 12 and rep["per_style"]["neon"]["size"]["mean"] == 6
+  json.dumps(rep, allow_nan=False)
+  with pytest.raises(ValueError, match="12 jobs"):
+    proto.aggregate({"clip_t": sim[:5]})
