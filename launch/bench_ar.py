@@ -1,0 +1,221 @@
+"""AR decode throughput: stylejax's jitted KV-cache loop vs transformers `generate` (PyTorch).
+
+Both run the SAME weights: a random Qwen2-style model is built in transformers, saved with
+`save_pretrained`, and loaded into `DecoderLM` through `stylejax.weights.hf_causal_lm`.
+Before timing, greedy outputs of the two are checked token for token (a mismatch aborts).
+
+Timed call = one end-to-end generation of `--new-tokens` tokens after a `--prompt-len` prompt
+(prefill included), for the greedy and the temperature/top-k settings:
+  stylejax:     `stylejax.sample.autoregressive.generate` (prefill + one jitted lax.fori_loop)
+  transformers: `model.generate(..., cache_implementation="static")`, eager PyTorch (transformers
+                only auto-compiles on accelerators), eos disabled so every row runs to the end.
+Each repeat times both implementations back to back, alternating which goes first; the table
+reports medians over repeats (tok/s = batch * new tokens / seconds) and the median of the
+per-repeat ratios. "compile s" = stylejax's first call minus its median call (trace + XLA
+compile; settings are traced, so the sampling setting reuses the greedy compilation).
+
+  python launch/bench_ar.py [--repeats 5] [--quick] [--out FILE.md]
+
+Runs on CPU by default (JAX_PLATFORMS=cpu unless set). Torch threads: `--threads N`, or
+`auto` (default): per config and batch, the faster of 1 and all cores in a short probe. On a
+shared machine, torch's OpenMP with all cores can be several times slower than one thread
+(threads wait at barriers while another process holds a core); auto keeps that from being
+counted against transformers. XLA keeps its default thread pool.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from stylejax.sample import autoregressive as sa  # noqa: E402
+from stylejax.weights import hf_causal_lm  # noqa: E402
+
+# Qwen2-style configs (q/k/v bias, GQA, SwiGLU, untied head).
+CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=704, vocab_size=4096),
+    "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+                  intermediate_size=1408, vocab_size=8192),
+    "minuscule": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                      intermediate_size=64, vocab_size=64),  # for the smoke test only
+}
+SETTINGS = {  # name -> (stylejax settings, transformers generate kwargs)
+    "greedy": (sa.SampleSettings(temperature=0.0), dict(do_sample=False)),
+    "top-k 50, T=1": (sa.SampleSettings(temperature=1.0, top_k=50),
+                      dict(do_sample=True, temperature=1.0, top_k=50, top_p=1.0)),
+}
+
+
+def build_models(name: str, max_len: int, tmp: str) -> tuple[Any, Any, dict, int]:
+  """A random transformers Qwen2 (weights spread enough that greedy argmax is robust to fp32
+  rounding) and the same weights as a DecoderLM. Returns (torch model, DecoderLM, params, #params)."""
+  from transformers import Qwen2Config, Qwen2ForCausalLM
+  cfg = Qwen2Config(**CONFIGS[name], max_position_embeddings=max_len, rms_norm_eps=1e-6,
+                    tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=0)
+  torch.manual_seed(0)
+  ref = Qwen2ForCausalLM(cfg).eval()
+  with torch.no_grad():
+    for pname, p in ref.named_parameters():
+      if "norm" in pname:
+        p.uniform_(0.8, 1.2)
+      else:
+        p.normal_(0.0, 1.0 / np.sqrt(p.shape[-1]) if p.ndim == 2 else 0.1)
+  path = os.path.join(tmp, name)
+  ref.save_pretrained(path)
+  model, params = hf_causal_lm.load_hf_causal_lm(path, max_len=max_len)
+  return ref, model, params, sum(p.numel() for p in ref.parameters())
+
+
+def run_stylejax(model, params, ids: np.ndarray, steps: int, settings: sa.SampleSettings, seed: int) -> np.ndarray:
+  out = sa.generate(model, params, sa.Prompt(ids), jax.random.key(seed), steps, settings=settings)
+  return np.asarray(jax.block_until_ready(out))
+
+
+def run_transformers(ref, ids: np.ndarray, steps: int, kwargs: dict, seed: int) -> np.ndarray:
+  torch.manual_seed(seed)
+  with torch.inference_mode():
+    out = ref.generate(torch.from_numpy(ids), attention_mask=torch.ones(ids.shape, dtype=torch.long),
+                       max_new_tokens=steps, min_new_tokens=steps, cache_implementation="static",
+                       pad_token_id=0, eos_token_id=None, **kwargs)
+  return out[:, ids.shape[1]:].numpy()
+
+
+def timed(fn) -> tuple[float, Any]:
+  t = time.perf_counter()
+  out = fn()
+  return time.perf_counter() - t, out
+
+
+def pick_threads(ref, ids: np.ndarray, steps: int, candidates: list[int]) -> int:
+  """The torch thread count with the fastest short greedy generation (best of 2 tries each)."""
+  best = None
+  for th in candidates:
+    torch.set_num_threads(th)
+    t = min(timed(lambda: run_transformers(ref, ids, steps, dict(do_sample=False), 0))[0] for _ in range(2))
+    if best is None or t < best[0]:
+      best = (t, th)
+  torch.set_num_threads(best[1])
+  return best[1]
+
+
+def bench(configs: list[str], batches: list[int], prompt_len: int, steps: int, repeats: int,
+          threads: list[int], log=print) -> list[dict[str, Any]]:
+  rows = []
+  with tempfile.TemporaryDirectory() as tmp:
+    for name in configs:
+      ref, model, params, n_params = build_models(name, prompt_len + steps, tmp)
+      log(f"[{name}] {n_params / 1e6:.1f}M params")
+      for batch in batches:
+        ids = np.random.default_rng(batch).integers(1, model.vocab_size, (batch, prompt_len)).astype(np.int64)
+        compile_s = None
+        th = pick_threads(ref, ids, max(steps // 4, 4), threads) if len(threads) > 1 else threads[0]
+        torch.set_num_threads(th)
+        for sname, (sj_settings, tf_kwargs) in SETTINGS.items():
+          first, sj_out = timed(lambda: run_stylejax(model, params, ids, steps, sj_settings, 0))
+          _, tf_out = timed(lambda: run_transformers(ref, ids, steps, tf_kwargs, 0))  # warmup
+          if sname == "greedy" and not np.array_equal(sj_out, tf_out):
+            bad = np.argwhere(sj_out != tf_out)[0]
+            raise SystemExit(f"greedy outputs differ ({name}, batch {batch}) first at row {bad[0]} step {bad[1]}; "
+                             "not timing a different computation.")
+          sj_t, tf_t = [], []
+          for r in range(repeats):
+            order = ("sj", "tf") if r % 2 == 0 else ("tf", "sj")
+            for impl in order:
+              if impl == "sj":
+                sj_t.append(timed(lambda: run_stylejax(model, params, ids, steps, sj_settings, r + 1))[0])
+              else:
+                tf_t.append(timed(lambda: run_transformers(ref, ids, steps, tf_kwargs, r + 1))[0])
+          sj_med, tf_med = statistics.median(sj_t), statistics.median(tf_t)
+          if compile_s is None:
+            compile_s = max(first - sj_med, 0.0)
+          row = dict(config=name, params_m=n_params / 1e6, batch=batch, setting=sname, threads=th,
+                     sj_tok_s=batch * steps / sj_med, tf_tok_s=batch * steps / tf_med,
+                     ratio=statistics.median(t / s for s, t in zip(sj_t, tf_t)),
+                     compile_s=compile_s if sname == "greedy" else None)
+          log(f"  batch {batch} {sname}: stylejax {row['sj_tok_s']:.0f} tok/s, transformers {row['tf_tok_s']:.0f} "
+              f"tok/s ({th} threads), x{row['ratio']:.2f}" + (f", compile {compile_s:.1f}s" if row["compile_s"] is not None else ""))
+          rows.append(row)
+  return rows
+
+
+def markdown(rows: list[dict[str, Any]], header: str) -> str:
+  lines = [header, "",
+           "| config | batch | sampling | stylejax tok/s | transformers tok/s (torch threads) | ratio | "
+           "stylejax compile s |",
+           "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    comp = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "(reused)"
+    lines.append(f"| {r['config']} ({r['params_m']:.1f}M) | {r['batch']} | {r['setting']} | {r['sj_tok_s']:.0f} | "
+                 f"{r['tf_tok_s']:.0f} ({r['threads']}) | {r['ratio']:.2f}x | {comp} |")
+  return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+  except OSError:
+    pass
+  import transformers
+  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+  return (f"{cpu}, {os.cpu_count()} cores (1-min load {load:.1f} at start), jax {jax.__version__} "
+          f"({jax.devices()[0].platform}), torch {torch.__version__}, transformers {transformers.__version__}")
+
+
+def main(argv: list[str] | None = None) -> str:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--repeats", type=int, default=5, help="paired timed runs per row (median reported)")
+  p.add_argument("--quick", action="store_true", help="tiny config, batch 1, 32 new tokens, 2 repeats")
+  p.add_argument("--configs", default=None, help=f"comma list of {sorted(CONFIGS)} (default tiny,small)")
+  p.add_argument("--batches", default=None, help="comma list of batch sizes (default 1,8)")
+  p.add_argument("--prompt-len", type=int, default=16)
+  p.add_argument("--new-tokens", type=int, default=None, help="default 128 (32 with --quick)")
+  p.add_argument("--threads", default="auto", help="torch intra-op threads: N, or auto (faster of 1 and all cores)")
+  p.add_argument("--out", default=None, help="also write the markdown table here")
+  a = p.parse_args(argv)
+  if a.repeats < 1:
+    p.error("--repeats must be >= 1")
+  configs = (a.configs or ("tiny" if a.quick else "tiny,small")).split(",")
+  unknown = [c for c in configs if c not in CONFIGS]
+  if unknown:
+    p.error(f"unknown config(s) {unknown}; choose from {sorted(CONFIGS)}")
+  batches = [int(b) for b in (a.batches or ("1" if a.quick else "1,8")).split(",")]
+  steps = a.new_tokens or (32 if a.quick else 128)
+  repeats = min(a.repeats, 2) if a.quick else a.repeats
+  if a.threads == "auto":
+    threads = sorted({1, os.cpu_count() or 1})
+  elif a.threads.isdigit() and int(a.threads) > 0:
+    threads = [int(a.threads)]
+  else:
+    p.error(f"--threads must be a positive integer or auto; got {a.threads!r}")
+  log = lambda s: print(s, file=sys.stderr, flush=True)
+  desc = machine()
+  log(desc)
+  rows = bench(configs, batches, a.prompt_len, steps, repeats, threads, log)
+  header = (f"AR decode, prompt {a.prompt_len} + {steps} new tokens, median of {repeats} paired runs "
+            f"(ratio = stylejax / transformers). Machine: {desc}.")
+  table = markdown(rows, header)
+  print(table)
+  if a.out:
+    with open(a.out, "w") as f:
+      f.write(table)
+  return table
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,38 @@
+"""launch/bench_ar.py smoke test on a minuscule model (no timings asserted): the table is written,
+greedy parity holds, and a greedy mismatch aborts instead of timing different computations."""
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch", "bench_ar.py")
+_spec = importlib.util.spec_from_file_location("bench_ar", _PATH)
+bench_ar = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_ar)
+
+ARGS = ["--quick", "--configs", "minuscule", "--new-tokens", "6", "--repeats", "1", "--threads", "1"]
+
+
+def test_quick_main_writes_table(tmp_path):
+  out = tmp_path / "bench.md"
+  table = bench_ar.main(ARGS + ["--out", str(out)])
+  assert out.read_text() == table
+  rows = [l for l in table.splitlines() if l.startswith("| minuscule")]
+  assert len(rows) == len(bench_ar.SETTINGS)
+  assert "| greedy |" in rows[0] and rows[1].endswith("(reused) |")
+  assert "prompt 16 + 6 new tokens" in table
+
+
+def test_greedy_mismatch_aborts(monkeypatch):
+  real = bench_ar.run_stylejax
+  monkeypatch.setattr(bench_ar, "run_stylejax", lambda *a, **k: (real(*a, **k) + 1) % 64)
+  with pytest.raises(SystemExit, match="greedy outputs differ"):
+    bench_ar.main(ARGS)
+
+
+def test_bad_arguments_exit():
+  with pytest.raises(SystemExit):
+    bench_ar.main(["--configs", "huge"])
+  with pytest.raises(SystemExit):
+    bench_ar.main(["--threads", "zero"])
