@@ -103,9 +103,32 @@ def base_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, async_save=True))
   c.progress = True
   if runlocal:
-    c.total_steps = 4
-    c.batch_size = 8
-    c.log_every = 1
-    c.checkpoint.every = 2
-    c.optimizer.warmup_steps = 1
+    use_runlocal_schedule(c)
   return c
+
+
+def use_runlocal_schedule(c: ml_collections.ConfigDict) -> None:
+  """The runlocal trainer settings (4 steps, batch 8); configs call it again after their own."""
+  c.total_steps = 4
+  c.batch_size = 8
+  c.log_every = 1
+  c.checkpoint.every = 2
+  c.optimizer.warmup_steps = 1
+
+
+def sample_config(**overrides) -> ml_collections.ConfigDict:
+  """Masked-decode settings (`DecodeConfig` fields + `Guidance` fields + guidance scales)."""
+  s = dict(num_steps=12, schedule="cosine", mask_len_base="unknown", sampling="categorical",
+           temperature=1.0, confidence="log_prob", choice_temperature=4.5,
+           temperature_schedule="maskgit_linear",
+           mode="cfg", form="muse", ramp="constant", scale=3.0)
+  s.update(overrides)
+  return ml_collections.ConfigDict(s)
+
+
+def shapestyle_parts(runlocal: bool) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+  """(tokenizer, text_encoder) part specs of the ShapeStyle world: a trained `workdir`, or when it
+  is empty, a random init of `config` (runlocal smoke runs only)."""
+  suffix = ",runlocal" if runlocal else ""
+  return (ml_collections.ConfigDict(dict(workdir="", config="configs/shapestyle.py:tokenizer" + suffix)),
+          ml_collections.ConfigDict(dict(workdir="", config="configs/shapestyle.py:clip" + suffix)))

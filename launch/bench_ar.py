@@ -12,7 +12,7 @@ Timed call = one end-to-end generation of `--new-tokens` tokens after a `--promp
 Each repeat times both implementations back to back, alternating which goes first; the table
 reports medians over repeats (tok/s = batch * new tokens / seconds) and the median of the
 per-repeat ratios. "compile s" = stylejax's first call minus its median call (trace + XLA
-compile; settings are traced, so the sampling setting reuses the greedy compilation).
+compile; greedy and sampling compile separately, so each row has its own).
 
   python launch/bench_ar.py [--repeats 5] [--quick] [--out FILE.md]
 
@@ -121,7 +121,6 @@ def bench(configs: list[str], batches: list[int], prompt_len: int, steps: int, r
       log(f"[{name}] {n_params / 1e6:.1f}M params")
       for batch in batches:
         ids = np.random.default_rng(batch).integers(1, model.vocab_size, (batch, prompt_len)).astype(np.int64)
-        compile_s = None
         th = pick_threads(ref, ids, max(steps // 4, 4), threads) if len(threads) > 1 else threads[0]
         torch.set_num_threads(th)
         for sname, (sj_settings, tf_kwargs) in SETTINGS.items():
@@ -140,12 +139,11 @@ def bench(configs: list[str], batches: list[int], prompt_len: int, steps: int, r
               else:
                 tf_t.append(timed(lambda: run_transformers(ref, ids, steps, tf_kwargs, r + 1))[0])
           sj_med, tf_med = statistics.median(sj_t), statistics.median(tf_t)
-          if compile_s is None:
-            compile_s = max(first - sj_med, 0.0)
+          compile_s = max(first - sj_med, 0.0)
           row = dict(config=name, params_m=n_params / 1e6, batch=batch, setting=sname, threads=th,
                      sj_tok_s=batch * steps / sj_med, tf_tok_s=batch * steps / tf_med,
                      ratio=statistics.median(t / s for s, t in zip(sj_t, tf_t)),
-                     compile_s=compile_s if sname == "greedy" else None)
+                     compile_s=compile_s)
           log(f"  batch {batch} {sname}: stylejax {row['sj_tok_s']:.0f} tok/s, transformers {row['tf_tok_s']:.0f} "
               f"tok/s ({th} threads), x{row['ratio']:.2f}" + (f", compile {compile_s:.1f}s" if row["compile_s"] is not None else ""))
           rows.append(row)
@@ -158,7 +156,7 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
            "stylejax compile s |",
            "|---|---|---|---|---|---|---|"]
   for r in rows:
-    comp = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "(reused)"
+    comp = f"{r['compile_s']:.1f}"
     lines.append(f"| {r['config']} ({r['params_m']:.1f}M) | {r['batch']} | {r['setting']} | {r['sj_tok_s']:.0f} | "
                  f"{r['tf_tok_s']:.0f} ({r['threads']}) | {r['ratio']:.2f}x | {comp} |")
   return "\n".join(lines) + "\n"

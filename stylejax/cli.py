@@ -47,6 +47,10 @@ def _flag_values(command: str) -> flags.FlagValues:
       flags.DEFINE_string("style_image", None, "style reference image", flag_values=fv)
       flags.DEFINE_integer("style_code", None, "CoTyle style code", flag_values=fv)
       flags.DEFINE_integer("num", 1, "images per prompt", flag_values=fv)
+      flags.DEFINE_string("negative_prompt", None, "negative prompt (text-conditioned models)", flag_values=fv)
+      flags.DEFINE_integer("steps", None, "decode steps (default: the run's config.sample)", flag_values=fv)
+      flags.DEFINE_float("guidance_scale", None, "CFG scale (default: the run's config.sample)", flag_values=fv)
+      flags.DEFINE_string("guidance", None, "guidance mode: none, cfg, styledrop, mix", flag_values=fv)
     if command == "demo":
       flags.DEFINE_string("style_image", None, "your own style reference image", flag_values=fv)
       flags.DEFINE_string("descriptor", None, "style descriptor for --style_image", flag_values=fv)
@@ -99,6 +103,24 @@ def _train(fv, overrides) -> int:
   return 0
 
 
+def _sample(fv) -> int:
+  if not fv.workdir or fv.prompt is None or not fv.out:
+    raise UsageError("sample needs --workdir DIR --prompt TEXT --out FILE.png.")
+  if fv.style_image or fv.style_code is not None:
+    raise UsageError("--style_image/--style_code need a StyleDrop, StyleAR or CoTyle workdir; "
+                     "this run samples from its prompt only.")
+  if not fv.out.lower().endswith(".png"):
+    raise UsageError(f"--out {fv.out!r} must be a .png file.")
+  from stylejax.eval import report
+  from stylejax.models.muse_pipeline import MusePipeline
+  pipe = MusePipeline.load(fv.workdir)
+  images = pipe.generate([fv.prompt], num=fv.num, seed=fv.seed, negative_prompt=fv.negative_prompt,
+                         num_steps=fv.steps, scale=fv.guidance_scale, mode=fv.guidance)
+  report.save_png(images[0] if len(images) == 1 else report.grid(images), fv.out)
+  print(f"wrote {len(images)} image(s) of {fv.prompt!r} to {fv.out}")
+  return 0
+
+
 def _not_yet(command: str, what: str) -> int:
   raise UsageError(f"`stylejax {command}` is not available yet for {what}: it lands with the issue that builds it.")
 
@@ -137,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
       return _train(fv, overrides)
     if command == "demo":
       return _demo(fv, overrides)
+    if command == "sample":
+      return _sample(fv)
     return _not_yet(command, f"workdir {fv.workdir!r}")
   except Exception as e:  # noqa: BLE001 - the known user-facing errors below, re-raised otherwise
     if not _is_user_error(e):
@@ -147,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_user_error(e: Exception) -> bool:
   from stylejax import config as config_lib  # light import: no jax
-  names = {"ParallelError", "TrainError", "ImageError"}
+  names = {"ParallelError", "TrainError", "ImageError", "PipelineError"}
   return isinstance(e, (UsageError, config_lib.ConfigError)) or type(e).__name__ in names
 
 

@@ -49,11 +49,45 @@ def test_decode_matches_full_recompute_with_padding(lm):
   for t in range(4, 9):
     logits, cache = _apply(model)({"params": params}, tokens[:, t:t + 1], cache=cache)
     np.testing.assert_allclose(logits[:, 0], full[:, t], atol=2e-5, err_msg=f"step {t}")
-  assert int(cache.index) == 9 and cache.k.shape == (2, 2, 12, 2, 8)
+  assert int(cache.index) == 9 and cache.max_len == 12
+  assert len(cache.k) == model.layers and all(k.shape == (2, 2, 12, 8) for k in cache.k + cache.v)
 
   # padding changes nothing for the real tokens: row 1 equals its unpadded sequence alone
   alone, _ = _apply(model)({"params": params}, tokens[1:, 2:])
   np.testing.assert_allclose(full[1, 2:], alone[0], atol=2e-5)
+
+
+def _cache_sized_ops(jaxpr, size: int) -> set[str]:
+  """Primitives (recursing into sub-jaxprs) that produce an array of at least `size` elements."""
+  found = set()
+  for eqn in jaxpr.eqns:
+    subs = [v for p in eqn.params.values() for v in (p if isinstance(p, (tuple, list)) else [p])
+            if hasattr(v, "eqns") or hasattr(getattr(v, "jaxpr", None), "eqns")]
+    for sub in subs:
+      found |= _cache_sized_ops(sub.jaxpr if hasattr(sub, "jaxpr") else sub, size)
+    if not subs and any(getattr(o.aval, "size", 0) >= size for o in eqn.outvars):
+      found.add(eqn.primitive.name)
+  return found
+
+
+def test_decode_step_writes_cache_in_place_without_copies(lm):
+  """One decode step touches the cache only through dynamic_update_slice (in place under a loop
+  carry): no slicing layers out of a stacked array and no re-stacking them, which copied the whole
+  cache per token before. The cache layout [B, kv_heads, S, Dh] (checked above) is what the
+  attention dots consume, so XLA adds no transpose either. Scanned layers also read their slice
+  (dynamic_slice, then a squeeze, which is a reshape)."""
+  model, params = lm
+  b, s = 2, 128
+  step = lambda m, p, c: m.apply({"params": p}, jnp.zeros((b, 1), jnp.int32), cache=c, last_only=True)
+  layer_size = b * model.kv_heads * s * model.head_dim
+  jaxpr = jax.make_jaxpr(functools.partial(step, model))(params, model.init_cache(b, s)).jaxpr
+  assert _cache_sized_ops(jaxpr, layer_size) == {"dynamic_update_slice"}
+  scanned = model.clone(scan_layers=True)
+  jaxpr = jax.make_jaxpr(functools.partial(step, scanned))(ar.stack_layer_params(params, model.layers),
+                                                           scanned.init_cache(b, s)).jaxpr
+  assert _cache_sized_ops(jaxpr, layer_size) == {"dynamic_update_slice", "dynamic_slice", "squeeze"}
+  with pytest.raises(ValueError, match="scan_layers"):
+    step(model, params, scanned.init_cache(b, s))
 
 
 def test_scan_and_remat_equal_unrolled(lm):

@@ -1,7 +1,9 @@
 """The jitted KV-cache sampler: logit processors on hand examples, greedy == full recompute,
-one compilation across prompts/seeds/settings, per-row PRNG, CFG (dropped prefix; 2D class
-conditioning), vocabulary masks + repetition penalty + bias inside the loop."""
+one compilation per mode (greedy / sampling) across prompts/seeds/settings, a greedy loop free
+of sampling ops, per-row PRNG, CFG (dropped prefix; 2D class conditioning), vocabulary masks +
+repetition penalty + bias inside the loop."""
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -72,6 +74,29 @@ def test_repetition_penalty_hand_example():
   np.testing.assert_allclose(sa.apply_repetition_penalty(logits, seen, 2.0), [[1.0, -4.0, 1.0, -1.0]])
 
 
+def test_top_k_mask_equals_sort_threshold():
+  """The bisection threshold is the exact k-th largest: ties, negatives, -inf and per-row k."""
+  rng = np.random.default_rng(0)
+  x = rng.integers(-6, 7, (6, 40)).astype(np.float32) * 0.75 + 0.1  # many ties, no zeros
+  x[0, :10] = -np.inf
+  x[1] = rng.normal(size=40).astype(np.float32) * 1e4
+  for k in (1, 2, 7, 33, 40):
+    got = np.asarray(sa.top_k_mask(jnp.asarray(x), jnp.int32(k)))
+    kth = -np.sort(-x, axis=1)[:, k - 1:k]
+    np.testing.assert_array_equal(got, np.where(x >= kth, x, -np.inf), err_msg=f"k={k}")
+  ks = np.array([1, 3, 5, 40, 12, 2])
+  got = np.asarray(sa.top_k_mask(jnp.asarray(x), jnp.asarray(ks)))
+  kth = np.take_along_axis(-np.sort(-x, axis=1), ks[:, None] - 1, axis=1)
+  np.testing.assert_array_equal(got, np.where(x >= kth, x, -np.inf))
+
+
+def test_argmax_is_jnp_argmax_first_of_ties():
+  x = np.random.default_rng(1).integers(-3, 4, (50, 9)).astype(np.float32)  # many tied maxima
+  x[0] = -np.inf
+  np.testing.assert_array_equal(sa.argmax(jnp.asarray(x)), np.argmax(x, axis=-1))
+  assert sa.argmax(jnp.asarray(x)).dtype == jnp.int32
+
+
 def test_top_k_top_p_hand_examples():
   logits = jnp.log(jnp.array([[0.5, 0.05, 0.3, 0.15]]))
   kept = lambda k, p: np.isfinite(np.asarray(sa.top_k_top_p_filter(logits, jnp.int32(k), jnp.float32(p))))[0]
@@ -103,13 +128,18 @@ def test_sample_tokens_masks_greedy_and_temperature():
   want = np.asarray(jax.nn.softmax(jnp.array([1.0, 0.5, -jnp.inf, -1.0]) / 0.5))
   np.testing.assert_allclose(freq, want, atol=0.03)
   assert np.all(np.asarray(sa.sample_tokens(proc, GREEDY.as_arrays(), keys)) == 0)
+  assert np.all(np.asarray(sa.sample_tokens(proc, GREEDY.as_arrays(), keys, greedy=True)) == 0)
   assert np.all(np.asarray(sa.sample_tokens(proc, sa.SampleSettings(top_k=1).as_arrays(), keys)) == 0)
+  # inverse CDF at the edges: only the first / only the last token possible (token 2 underflows to 0)
+  edge = jnp.full((n, 6), -jnp.inf).at[: n // 2, 0].set(0.0).at[n // 2:, 5].set(0.0).at[:, 2].set(-200.0)
+  drawn = np.asarray(sa.draw(keys, edge))
+  assert np.all(drawn[: n // 2] == 0) and np.all(drawn[n // 2:] == 5)
 
 
 # ----------------------------------------------------------------------------- the loop
 
 
-def test_greedy_equals_full_recompute_and_compiles_once(lm):
+def test_greedy_equals_full_recompute_and_compiles_once_per_mode(lm):
   model, params = lm
   toks, mask = _prompts(1)
   start = sa.trace_count()
@@ -132,12 +162,30 @@ def test_greedy_equals_full_recompute_and_compiles_once(lm):
     else:
       np.testing.assert_array_equal(stopped[r], got[r])
 
-  # new prompts, seeds and every traced setting: no retrace
+  # greedy with other prompts, seeds, penalties: no retrace
+  toks2, mask2 = _prompts(9)
+  sa.generate(model, params, sa.Prompt(toks2, mask2), jax.random.key(3), T,
+              settings=sa.SampleSettings(temperature=-1.0, repetition_penalty=1.5))
+  assert sa.trace_count() == start + 1
+  # sampling compiles its own loop once; then new prompts, seeds and every setting value (top-k /
+  # top-p on or off included) reuse it
   for seed, settings in enumerate([sa.SampleSettings(1.0, 5, 0.9, 1.3), sa.SampleSettings(0.7, 0, 1.0, 1.0, 2.0),
                                    sa.SampleSettings(temperature=1, top_p=1, top_k=2, repetition_penalty=50)]):
     toks2, mask2 = _prompts(10 + seed)
     sa.generate(model, params, sa.Prompt(toks2, mask2), jax.random.key(seed), T, settings=settings)
-  assert sa.trace_count() == start + 1
+  assert sa.trace_count() == start + 2
+
+
+def test_greedy_loop_has_no_sampling_ops(lm):
+  """Greedy compiles a loop without the sort (top-p) or the RNG (the old loop ran both every
+  step and chose with a where); the sampling loop has them, the sort behind a cond."""
+  model, params = lm
+  toks, mask = _prompts(1)
+  lower = lambda s: sa.lower_generate(model, params, sa.Prompt(toks, mask), jax.random.key(0), T, settings=s).as_text()
+  greedy, sampling = lower(GREEDY), lower(sa.SampleSettings(temperature=1.0, top_k=5, top_p=0.9))
+  ops = lambda text, name: len(re.findall(rf"stablehlo\.{name}\b", text))
+  assert ops(sampling, "sort") == 1 and ops(sampling, "case") >= 2 and "threefry" in sampling  # the probe works
+  assert ops(greedy, "sort") == 0 and ops(greedy, "case") == 0 and "threefry" not in greedy
 
 
 def test_rows_do_not_depend_on_batch_composition(lm):

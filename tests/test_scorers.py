@@ -9,7 +9,7 @@ import optax
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import scorers as scorers_config  # noqa: E402
+from configs import shapestyle as scorers_config  # noqa: E402
 from stylejax import parallel  # noqa: E402
 from stylejax.data import shapestyle as ss  # noqa: E402
 from stylejax.models import scorers as S  # noqa: E402
@@ -149,9 +149,9 @@ def test_safetensors_round_trip(tmp_path):
 
 
 def test_config_variants():
-  assert scorers_config.get_config("runlocal").task.endswith(":ContentClassifierTask")
+  assert scorers_config.get_config("content,runlocal").task.endswith(":ContentClassifierTask")
   style = scorers_config.get_config("style,runlocal")
   assert style.task.endswith(":StyleEncoderTask") and style.data.image_size == 32
   assert scorers_config.get_config("style").data.image_size == 64
-  with pytest.raises(ValueError, match="unknown scorers variant"):
+  with pytest.raises(ValueError, match="unknown shapestyle part"):
     scorers_config.get_config("colour")

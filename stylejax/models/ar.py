@@ -7,6 +7,11 @@ and RoPE on explicit positions (1D, or 2D over an image grid as LlamaGen).
 
 The cache is a plain pytree (`KVCache`) passed in and returned: `model.apply(params, tokens,
 positions, cache) -> (logits, new_cache)`, so prefill and decode are the same pure function.
+It is stored in the layout attention reads, [B, kv_heads, S, Dh] per layer, and each layer writes
+its new keys/values with one `dynamic_update_slice`, so under a `fori_loop` carry XLA updates the
+buffers in place: a decode step transposes and re-stacks nothing cache-sized. Unrolled layers
+keep one buffer each (a tuple), which the attention dots read directly; scanned layers need one
+stacked [layers, ...] array, carried through the scan, so each layer reads a copy of its slice.
 Masking works on cache *slots*: a query in slot q sees key slots s <= q that hold real tokens
 (`valid`), plus itself. Padding can therefore sit anywhere in a prompt (e.g. a dropped text
 prefix in a CFG unconditional row); padding tokens only attend to themselves, so every softmax
@@ -37,14 +42,23 @@ class KVCache(NamedTuple):
   Size it for the whole run (prompt + generated): a write past the end is not an error under
   jit (dynamic_update_slice clamps its start) and would silently overwrite the last slots.
   """
-  k: Array  # [layers, B, S, kv_heads, head_dim]
-  v: Array  # [layers, B, S, kv_heads, head_dim]
+  k: Any  # scan_layers: [layers, B, kv_heads, S, head_dim]; else a tuple of `layers` [B, kv_heads, S, head_dim]
+  v: Any  # as k
   valid: Array  # [B, S] bool: slot holds a real (non-padding) token
   index: Array  # [] int32: next slot to write
 
   @property
   def max_len(self) -> int:
-    return self.k.shape[2]
+    return jax.tree.leaves(self.k)[0].shape[-2]
+
+
+class LayerKV(NamedTuple):
+  """One layer's view of the cache. Unrolled: the layer's own k/v [B, kv_heads, S, head_dim] and
+  layer None. Scanned: the stacked k/v [layers, B, kv_heads, S, head_dim] and the [] int32 index
+  of the layer to write (the Block advances it, so it rides in the scan carry)."""
+  k: Array
+  v: Array
+  layer: Array | None
 
 
 def _dtype(d: Any) -> jnp.dtype:
@@ -149,9 +163,10 @@ class Attention(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, kv: tuple[Array, Array] | None, cos: Array, sin: Array, mask: Array,
-               index: Array) -> tuple[Array, tuple[Array, Array] | None]:
-    """x [B, L, D]; kv: (k, v) [B, S, Hkv, Dh] or None; cos/sin [B, L, Dh]; mask [B, L, S or L]."""
+  def __call__(self, x: Array, kv: LayerKV | None, cos: Array, sin: Array, mask: Array,
+               index: Array) -> tuple[Array, LayerKV | None]:
+    """x [B, L, D]; kv: a `LayerKV` or None; cos/sin [B, L, Dh]; mask [B, L, S or L].
+    Returns (out [B, L, D], kv with this call's keys/values written at slots [index, index + L))."""
     if self.heads % self.kv_heads:
       raise ValueError(f"heads={self.heads} must be a multiple of kv_heads={self.kv_heads}.")
     dense = lambda n, feats, names, bias: Projection(feats, names, 1, bias, self.init_std, self.dtype,
@@ -170,26 +185,33 @@ class Attention(nn.Module):
     q = rope_lib.apply_rotary(q, cos, sin)
     k = rope_lib.apply_rotary(k, cos, sin)
     q = nn.with_logical_constraint(q, ("act_batch", "act_length", "act_heads", "act_kv"))
+    # heads before slots, the cache layout: only these L new rows are ever transposed
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, Hkv, L, Dh]
 
-    new_kv = None
-    if kv is not None:  # write this call's keys/values at slots [index, index + L)
-      ck, cv = kv
-      k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
-      v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
-      new_kv = (k, v)
-    k = nn.with_logical_constraint(k.astype(self.dtype), ("act_batch", "act_length", "act_heads", "act_kv"))
-    v = nn.with_logical_constraint(v.astype(self.dtype), ("act_batch", "act_length", "act_heads", "act_kv"))
+    if kv is not None and kv.layer is None:  # this layer's own buffers [B, Hkv, S, Dh]
+      k = jax.lax.dynamic_update_slice(kv.k, k.astype(kv.k.dtype), (0, 0, index, 0))
+      v = jax.lax.dynamic_update_slice(kv.v, v.astype(kv.v.dtype), (0, 0, index, 0))
+      kv = LayerKV(k, v, None)
+    elif kv is not None:  # stacked (scan): write at [layer], then read that layer's slice
+      start = (kv.layer, 0, 0, index, 0)
+      ck = jax.lax.dynamic_update_slice(kv.k, k[None].astype(kv.k.dtype), start)
+      cv = jax.lax.dynamic_update_slice(kv.v, v[None].astype(kv.v.dtype), start)
+      kv = LayerKV(ck, cv, kv.layer)
+      k = jax.lax.dynamic_index_in_dim(ck, kv.layer, 0, keepdims=False)
+      v = jax.lax.dynamic_index_in_dim(cv, kv.layer, 0, keepdims=False)
+    k = nn.with_logical_constraint(k.astype(self.dtype), ("act_batch", "act_heads", "act_length", "act_kv"))
+    v = nn.with_logical_constraint(v.astype(self.dtype), ("act_batch", "act_heads", "act_length", "act_kv"))
 
     b, l = q.shape[:2]
     groups = self.heads // self.kv_heads
     qg = q.reshape(b, l, self.kv_heads, groups, self.head_dim)
-    scores = jnp.einsum("blkgd,bskd->bkgls", qg, k).astype(jnp.float32) * self.head_dim ** -0.5
+    scores = jnp.einsum("blkgd,bksd->bkgls", qg, k).astype(jnp.float32) * self.head_dim ** -0.5
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bkgls,bskd->blkgd", probs, v).reshape(b, l, self.heads, self.head_dim)
+    out = jnp.einsum("bkgls,bksd->blkgd", probs, v).reshape(b, l, self.heads, self.head_dim)
     out = Projection((x.shape[-1],), ("heads", "kv", "embed"), 2, self.out_bias, self.init_std, self.dtype,
                      self.param_dtype, name="o")(out)
-    return out, new_kv
+    return out, kv
 
 
 class MLP(nn.Module):
@@ -211,7 +233,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm decoder layer. Signature (carry, xs..., broadcasts...) so nn.scan can stack it."""
+  """Pre-norm decoder layer on carry = (x [B, L, D], kv: LayerKV | None); returns (carry, None),
+  the signature nn.scan stacks (the cache rides in the carry, so the scan updates it in place)."""
   heads: int
   kv_heads: int
   head_dim: int
@@ -226,8 +249,9 @@ class Block(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, kv: tuple[Array, Array] | None, cos: Array, sin: Array, mask: Array,
-               index: Array) -> tuple[Array, tuple[Array, Array] | None]:
+  def __call__(self, carry: tuple[Array, LayerKV | None], cos: Array, sin: Array, mask: Array,
+               index: Array) -> tuple[tuple[Array, LayerKV | None], None]:
+    x, kv = carry
     h = RMSNorm(self.rms_eps, self.dtype, self.param_dtype, name="attn_norm")(x)
     h, kv = Attention(self.heads, self.kv_heads, self.head_dim, self.qkv_bias, self.out_bias, self.qk_norm,
                       self.rms_eps, self.init_std, self.dtype, self.param_dtype, name="attn")(h, kv, cos, sin, mask, index)
@@ -235,7 +259,9 @@ class Block(nn.Module):
     h = RMSNorm(self.rms_eps, self.dtype, self.param_dtype, name="mlp_norm")(x)
     h = MLP(self.mlp_dim, self.mlp_bias, self.init_std, self.dtype, self.param_dtype, name="mlp")(h)
     x = nn.with_logical_constraint(x + h, ("act_batch", "act_length", "act_embed"))
-    return x, kv
+    if kv is not None and kv.layer is not None:  # scanned: the next layer writes the next slice
+      kv = kv._replace(layer=kv.layer + 1)
+    return (x, kv), None
 
 
 class DecoderLM(nn.Module):
@@ -325,11 +351,13 @@ class DecoderLM(nn.Module):
     cos, sin = rope_lib.rope_tables(positions, self.head_dim, self.rope_theta, self.rope)
 
     if cache is None:
-      index, kv_valid, kv = jnp.zeros((), jnp.int32), valid, None
+      index, kv_valid = jnp.zeros((), jnp.int32), valid
     else:
+      if isinstance(cache.k, (tuple, list)) == self.scan_layers:
+        raise ValueError(f"KV cache layout does not match scan_layers={self.scan_layers}; make it with "
+                         "model.init_cache(...) for this model.")
       index = cache.index
       kv_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, index))
-      kv = (cache.k, cache.v)
     mask = slot_mask(index + jnp.arange(t), kv_valid)
 
     block_kwargs = dict(heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
@@ -340,16 +368,19 @@ class DecoderLM(nn.Module):
       block_cls = nn.remat(Block, prevent_cse=not self.scan_layers)
     if self.scan_layers:
       stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast), length=self.layers,
+                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast), length=self.layers,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      x, new_kv = stack(**block_kwargs, name="layers")(x, kv, cos, sin, mask, index)
+      kv = None if cache is None else LayerKV(cache.k, cache.v, jnp.zeros((), jnp.int32))
+      (x, kv), _ = stack(**block_kwargs, name="layers")((x, kv), cos, sin, mask, index)
+      new_kv = None if cache is None else (kv.k, kv.v)
     else:
-      outs = []
+      ks, vs = (None, None) if cache is None else (list(cache.k), list(cache.v))
       for i in range(self.layers):
-        kv_i = None if kv is None else (kv[0][i], kv[1][i])
-        x, kv_i = block_cls(**block_kwargs, name=f"layers_{i}")(x, kv_i, cos, sin, mask, index)
-        outs.append(kv_i)
-      new_kv = None if kv is None else (jnp.stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs]))
+        kv = None if cache is None else LayerKV(ks[i], vs[i], None)
+        (x, kv), _ = block_cls(**block_kwargs, name=f"layers_{i}")((x, kv), cos, sin, mask, index)
+        if kv is not None:
+          ks[i], vs[i] = kv.k, kv.v
+      new_kv = None if cache is None else (tuple(ks), tuple(vs))
 
     x = RMSNorm(self.rms_eps, dtype, pdtype, name="final_norm")(x)
     if last_only:
@@ -376,11 +407,16 @@ def decoder_from_config(model_cfg: Mapping[str, Any], **overrides: Any) -> Decod
 
 
 def init_cache(model: DecoderLM, batch: int, max_len: int | None = None, dtype: Any = None) -> KVCache:
-  """Empty `KVCache` for `model`: k/v [layers, batch, max_len, kv_heads, head_dim]."""
+  """Empty `KVCache` for `model`: k/v [layers, batch, kv_heads, max_len, head_dim] when
+  `model.scan_layers`, else tuples of `layers` arrays [batch, kv_heads, max_len, head_dim]."""
   s = max_len or model.max_len
-  shape = (model.layers, batch, s, model.kv_heads, model.head_dim)
   dt = _dtype(dtype or model.dtype)
-  return KVCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt), jnp.zeros((batch, s), bool), jnp.zeros((), jnp.int32))
+  shape = (batch, model.kv_heads, s, model.head_dim)
+  if model.scan_layers:  # separate buffers for k and v (and per layer): each may be donated
+    make = lambda: jnp.zeros((model.layers, *shape), dt)
+  else:
+    make = lambda: tuple(jnp.zeros(shape, dt) for _ in range(model.layers))
+  return KVCache(make(), make(), jnp.zeros((batch, s), bool), jnp.zeros((), jnp.int32))
 
 
 def lm_loss(logits: Array, targets: Array, weights: Array | None = None) -> tuple[Array, dict[str, Array]]:

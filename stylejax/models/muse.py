@@ -495,6 +495,31 @@ class SyntheticTokens:
 
 # --------------------------------------------------------------------------- training task
 
+def content_class(shape: Any, color: Any, count: Any) -> Any:
+  """ShapeStyle content -> class id in [0, 216): the index in `shapestyle.all_contents()`."""
+  from stylejax.data import shapestyle as ss
+  return (shape * len(ss.COLORS) + color) * ss.MAX_COUNT + count - 1
+
+
+class _ShapeStyleCaptions:
+  """ShapeStyle examples + numeric fields the Muse task needs: label (content class) and the
+  caption's token ids/mask (strings cannot ride in numeric batches)."""
+
+  def __init__(self, source, tokenize=None):
+    self.source, self.tokenize = source, tokenize
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    ex = self.source[index]
+    out = {"image": ex["image"], "label": np.int32(content_class(ex["shape"], ex["color"], ex["count"]))}
+    if self.tokenize is not None:
+      ids, mask = self.tokenize([str(ex["caption"])])
+      out.update(caption_ids=ids[0], caption_mask=mask[0])
+    return out
+
+
 class MuseTask(Task):
   """Masked-token training of `MaskedTransformer`.
 
@@ -502,7 +527,10 @@ class MuseTask(Task):
     mlp_dim, seq_len, text_dim, text_len, dropout, adapters, ...) plus the loss settings
     label_smoothing (MaskGIT 0.1), mask_schedule ("cosine" | "arccos" | "uniform"),
     min_mask_rate, cond_dropout (Muse 0.1; rows trained with the null condition for CFG).
-  config.data: name="synthetic_tokens", num_examples, seed.
+  config.data: name="synthetic_tokens" (num_examples, seed; a test fixture) or name="shapestyle"
+    (image_size, styles, plain_fraction, num_examples, seed): images tokenized by the frozen
+    `config.tokenizer` part, captions embedded by the frozen `config.text_encoder` part (muse),
+    class = content class (maskgit). Parts are {workdir, config} (see `trainer.load_part`).
   Batches: {"ids" [B, L], "label" [B]} (maskgit) or {"ids", "text_emb" [B, T, Dt], optional
   "text_mask" [B, T]} (muse).
   """
@@ -512,6 +540,32 @@ class MuseTask(Task):
     self.model_config = MuseConfig.from_config(config.model, scan_layers=bool(config.get("scan_layers", False)),
                                                remat=bool(config.get("remat", False)))
     self.model = MaskedTransformer(self.model_config, dtype=jnp.dtype(config.get("compute_dtype", "float32")))
+    self._tokenizer = self._text = None
+
+  @property
+  def image_tokenizer(self):
+    """The frozen VQ tokenizer part (loaded on first use)."""
+    if self._tokenizer is None:
+      from stylejax.models.parts import load_image_tokenizer
+      self._tokenizer = load_image_tokenizer(self.config.tokenizer)
+      if self._tokenizer.seq_len != self.model_config.seq_len or \
+         self._tokenizer.codebook_size != self.model_config.codebook_size:
+        raise ValueError(f"the tokenizer gives {self._tokenizer.seq_len} ids from {self._tokenizer.codebook_size} "
+                         f"codes; set model.seq_len={self._tokenizer.seq_len} and "
+                         f"model.codebook_size={self._tokenizer.codebook_size}.")
+    return self._tokenizer
+
+  @property
+  def text_encoder(self):
+    """The frozen CLIP text encoder part (muse layout; loaded on first use)."""
+    if self._text is None:
+      from stylejax.models.parts import load_text_encoder
+      self._text = load_text_encoder(self.config.text_encoder)
+      c = self.model_config
+      if (self._text.dim, self._text.max_len) != (c.text_dim, c.text_len):
+        raise ValueError(f"the text encoder gives [T={self._text.max_len}, D={self._text.dim}] embeddings; "
+                         f"set model.text_len={self._text.max_len} and model.text_dim={self._text.dim}.")
+    return self._text
 
   def init(self, rng):
     ids, cond = dummy_inputs(self.model_config)
@@ -536,13 +590,29 @@ class MuseTask(Task):
 
   def source(self, split="train"):
     d, c = self.config.data, self.model_config
-    if d.get("name", "synthetic_tokens") != "synthetic_tokens":
-      raise ValueError(f"data.name={d.name!r}; MuseTask knows 'synthetic_tokens'.")
+    name = d.get("name", "synthetic_tokens")
+    if name == "shapestyle":
+      from stylejax.data import shapestyle as ss
+      base = ss.ShapeStyleSource(split=split, image_size=d.image_size, seed=d.get("seed", 0),
+                                 styles=d.get("styles", "named+plain"), num_examples=d.num_examples,
+                                 plain_fraction=d.get("plain_fraction", None))
+      return _ShapeStyleCaptions(base, self.text_encoder.tokenize if c.layout != "maskgit" else None)
+    if name != "synthetic_tokens":
+      raise ValueError(f"data.name={name!r}; MuseTask knows 'synthetic_tokens' and 'shapestyle'.")
     seed = d.get("seed", 0) + (0 if split == "train" else 1)
     num_classes = c.num_classes if c.layout == "maskgit" else d.get("num_classes", 10)
     text_dim = c.text_dim if c.layout != "maskgit" else 0
     return SyntheticTokens(d.get("num_examples", 1024), c.seq_len, c.codebook_size, num_classes, seed,
                            text_len=max(c.text_len, 1) if text_dim else 0, text_dim=text_dim)
+
+  def prepare_batch(self, batch):
+    """ShapeStyle batches: images -> ids with the frozen tokenizer; captions -> text embeddings."""
+    if "image" not in batch:
+      return batch
+    out = {"ids": self.image_tokenizer.encode(batch["image"]), "label": batch["label"]}
+    if self.model_config.layout != "maskgit":
+      out["text_emb"], out["text_mask"] = self.text_encoder.embed_ids(batch["caption_ids"], batch["caption_mask"])
+    return out
 
   def flops_per_example(self):
     c = self.model_config

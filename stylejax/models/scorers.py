@@ -376,13 +376,13 @@ class Scorers:
   @property
   def content_model(self) -> ContentClassifier:
     if self.content_params is None:
-      raise ValueError("these scorers have no content classifier; train configs/scorers.py:content first.")
+      raise ValueError("these scorers have no content classifier; train configs/shapestyle.py:content first.")
     return content_classifier(self.content_config)
 
   @property
   def style_model(self) -> StyleEncoder:
     if self.style_params is None:
-      raise ValueError("these scorers have no style encoder; train configs/scorers.py:style first.")
+      raise ValueError("these scorers have no style encoder; train configs/shapestyle.py:style first.")
     return style_encoder(self.style_config)
 
   def _run(self, which: str, images: Any, batch_size: int) -> Any:
@@ -457,7 +457,7 @@ def load_scorers(path: str) -> Scorers:
 
 
 def scorers_from_workdirs(content_workdir: str | None = None, style_workdir: str | None = None) -> Scorers:
-  """Scorers from the latest checkpoints of `stylejax train --config configs/scorers.py:{content,style}` runs."""
+  """Scorers from the latest checkpoints of `stylejax train --config configs/shapestyle.py:{content,style}` runs."""
   from stylejax.train import trainer
   out, sizes = Scorers(), set()
   for name, workdir in (("content", content_workdir), ("style", style_workdir)):

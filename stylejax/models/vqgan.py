@@ -21,6 +21,7 @@ Small codebooks collapse; three remedies, all optional:
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -561,7 +562,7 @@ class VQGANTask(Task):
       return ProceduralImageSource(d.num_examples, d.image_size, seed)
     if name == "shapestyle":
       try:
-        from stylejax.data import shapestyle  # lazy: only this branch needs the ShapeStyle generator
+        shapestyle = importlib.import_module("stylejax.data.shapestyle")  # lazy: only this branch needs it
       except ImportError as e:
         raise ValueError(f"config.data.name='shapestyle' but stylejax.data.shapestyle cannot be imported ({e}); "
                          f"install the package fully or use config.data.name='procedural'.") from None

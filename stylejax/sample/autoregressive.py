@@ -2,6 +2,9 @@
 
 Per step (transformers' processor order): CFG combine -> repetition penalty -> additive logit
 bias -> vocabulary masks -> temperature -> top-k -> top-p -> sample (temperature 0: greedy).
+Greedy decoding compiles its own loop that is just an argmax. Sampling finds the top-k threshold
+by bisection (no sort), sorts only inside a `lax.cond` taken when top-p is on, and draws by
+inverse CDF (one uniform per row, not one Gumbel per vocabulary entry).
 
 Prompts. A `Prompt` is [prefix_embeds (P); tokens (L)] with boolean masks (False = padding).
 Padding may sit anywhere except the LAST token position, whose logits start generation (use
@@ -22,9 +25,12 @@ generated (transformers also counts left-padding ids; we do not). A prompt-free 
 
 Reproducibility: row i draws from `fold_in(fold_in(rng, i), step)`, so a row's tokens do not
 depend on which other rows share the batch (pass a [B] key array to choose per-row keys, e.g.
-CoTyle's "the style code is the seed"). Settings are traced, so new prompts, seeds and
-settings reuse one compilation; shapes, `num_steps`, the model, and which optional inputs are
-present (None or not) are static.
+CoTyle's "the style code is the seed").
+
+Compilation: greedy (temperature <= 0) and sampling compile separately; within each, setting
+values are traced, so new prompts, seeds, temperatures, top-k/top-p (on or off), penalties, CFG
+scales and eos ids reuse the compiled loop. Shapes, `num_steps`, the model, and which optional
+inputs are present (None or not) are static.
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from stylejax.models.ar import DecoderLM, init_cache
 
@@ -40,6 +47,7 @@ Array = jax.Array
 NEG_INF = -jnp.inf
 
 _TRACES = {"generate": 0}
+_BITS = 32  # bisection steps for the top-k threshold: one per bit of a float32 sort key
 
 
 def trace_count() -> int:
@@ -48,8 +56,9 @@ def trace_count() -> int:
 
 
 class SampleSettings(NamedTuple):
-  """Traced sampling knobs (change freely without recompiling)."""
-  temperature: Any = 1.0  # 0 -> greedy argmax
+  """Sampling knobs. Traced (change freely without recompiling), except that greedy
+  (temperature <= 0) and sampling (> 0) compile separately."""
+  temperature: Any = 1.0  # <= 0 -> greedy argmax
   top_k: Any = 0  # 0 -> off
   top_p: Any = 1.0  # 1 -> off
   repetition_penalty: Any = 1.0  # 1 -> off; transformers semantics (CoTyle uses 50)
@@ -90,23 +99,49 @@ def apply_repetition_penalty(logits: Array, seen: Array, penalty: Array) -> Arra
   return jnp.where(seen, penalised, logits)
 
 
-def top_k_top_p_filter(logits: Array, top_k: Array, top_p: Array) -> Array:
-  """transformers' TopK then TopP warpers on [B, V] logits (traced k and p; one sort).
+def _sort_key(x: Array) -> Array:
+  """float32 -> uint32 with the same order (flip negatives, set the sign bit of non-negatives)."""
+  u = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  return jnp.where(u >> 31 == 1, ~u, u | jnp.uint32(1 << 31))
 
-  Top-k keeps logits >= the k-th largest (ties kept). Top-p keeps the smallest prefix of the
-  sorted distribution whose mass reaches p (a token is kept if the mass before it is < p).
-  """
-  v = logits.shape[-1]
+
+def top_k_mask(logits: Array, k: Array) -> Array:
+  """Keeps the logits >= the k-th largest of each row (ties kept), -inf elsewhere. logits [B, V];
+  k [] or [B] int in [1, V]. The exact k-th largest is found without a sort: bisection on the
+  float's sort key, one bit per step, keeping the largest key m with count(key >= m) >= k."""
+  keys = _sort_key(logits)
+  k = jnp.broadcast_to(k, logits.shape[:-1])[..., None]
+
+  def bit(i, m):
+    cand = m | (jnp.uint32(1) << (_BITS - 1 - i).astype(jnp.uint32))
+    enough = jnp.sum(keys >= cand, axis=-1, keepdims=True) >= k
+    return jnp.where(enough, cand, m)
+  kth = jax.lax.fori_loop(0, _BITS, bit, jnp.zeros(k.shape, jnp.uint32))
+  return jnp.where(keys >= kth, logits, NEG_INF)
+
+
+def top_p_mask(logits: Array, top_p: Array) -> Array:
+  """transformers' TopP on [B, V]: keeps the smallest top set whose mass reaches p (a token is kept
+  if the mass of the tokens sorted before it is < p; the top token always survives)."""
   sorted_desc = -jnp.sort(-logits, axis=-1)
-  k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)
-  kth = jnp.take(sorted_desc, k - 1, axis=-1)[..., None]
-  logits = jnp.where(logits < kth, NEG_INF, logits)
-  sorted_desc = jnp.where(jnp.arange(v) < k, sorted_desc, NEG_INF)
   probs = jax.nn.softmax(sorted_desc, axis=-1)
   mass_before = jnp.cumsum(probs, axis=-1) - probs
-  n_keep = jnp.maximum(jnp.sum(mass_before < top_p, axis=-1), 1)
-  pth = jnp.take_along_axis(sorted_desc, (n_keep - 1)[..., None], axis=-1)
-  return jnp.where((top_p < 1.0) & (logits < pth), NEG_INF, logits)
+  n_keep = jnp.maximum(jnp.sum(mass_before < top_p, axis=-1, keepdims=True), 1)
+  pth = jnp.take_along_axis(sorted_desc, n_keep - 1, axis=-1)
+  return jnp.where(logits < pth, NEG_INF, logits)
+
+
+def top_k_top_p_filter(logits: Array, top_k: Array, top_p: Array) -> Array:
+  """transformers' TopK then TopP warpers on [B, V] logits; k and p are traced ([] or [B]).
+
+  Each filter sits in a `lax.cond`, so it costs nothing when off (k = 0, p = 1); only top-p sorts.
+  """
+  v = logits.shape[-1]
+  k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)  # rows with k = 0 keep everything
+  logits = jax.lax.cond(jnp.any(top_k > 0), lambda l: top_k_mask(l, k), lambda l: l, logits)
+  p = top_p[..., None] if jnp.ndim(top_p) else top_p
+  return jax.lax.cond(jnp.any(top_p < 1.0), lambda l: jnp.where(p < 1.0, top_p_mask(l, p), l), lambda l: l,
+                      logits)
 
 
 def process_logits(logits: Array, settings: SampleSettings, seen: Array | None = None, bias: Array | None = None,
@@ -121,13 +156,48 @@ def process_logits(logits: Array, settings: SampleSettings, seen: Array | None =
   return logits
 
 
-def sample_tokens(logits: Array, settings: SampleSettings, row_keys: Array) -> Array:
-  """[B, V] processed logits -> [B] int32 tokens. Temperature <= 0 is greedy."""
-  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+def first_index(hit: Array) -> Array:
+  """[B, V] bool -> [B] int32: index of the first True per row, V where none. (Two plain
+  reductions; XLA:CPU's variadic argmax reduce is ~10x slower on [8, 4096].)"""
+  v = hit.shape[-1]
+  return jnp.min(jnp.where(hit, jnp.arange(v, dtype=jnp.int32), v), axis=-1)
+
+
+def argmax(logits: Array) -> Array:
+  """jnp.argmax(logits, -1) for [B, V] float logits (first of ties) as [B] int32, faster on CPU."""
+  best = first_index(logits == jnp.max(logits, axis=-1, keepdims=True))
+  return jnp.minimum(best, logits.shape[-1] - 1)  # all-NaN row: no hit
+
+
+def draw(row_keys: Array, logits: Array) -> Array:
+  """One sample per row of softmax(logits [B, V]) by inverse CDF: the first token whose
+  cumulative probability reaches u * total, u ~ U(0, 1] from the row's key. Never returns a
+  zero-probability token, even where float rounding makes the cumulative sum non-monotone."""
+  probs = jax.nn.softmax(logits, axis=-1)
+  cdf = jnp.cumsum(probs, axis=-1)
+  u = 1.0 - jax.vmap(lambda key: jax.random.uniform(key, ()))(row_keys)  # (0, 1]
+  first = first_index((cdf >= u[:, None] * cdf[:, -1:]) & (probs > 0))
+  return jnp.where(first < logits.shape[-1], first, argmax(logits))
+
+
+def sample_tokens(logits: Array, settings: SampleSettings, row_keys: Array, greedy: bool = False) -> Array:
+  """[B, V] processed logits -> [B] int32 tokens. greedy=True (static): argmax only, no sampling
+  ops at all. Otherwise a traced temperature <= 0 still yields the argmax."""
+  best = argmax(logits)
+  if greedy:
+    return best
   scaled = logits / jnp.maximum(settings.temperature, 1e-6)
   scaled = top_k_top_p_filter(scaled, settings.top_k, settings.top_p)
-  drawn = jax.vmap(lambda key, l: jax.random.categorical(key, l))(row_keys, scaled).astype(jnp.int32)
-  return jnp.where(settings.temperature <= 0, greedy, drawn)
+  return jnp.where(settings.temperature <= 0, best, draw(row_keys, scaled))
+
+
+def is_greedy(temperature: Any) -> bool:
+  """Whether a (concrete) temperature selects the greedy loop; a traced one selects sampling,
+  which still decodes greedily where it turns out <= 0."""
+  try:
+    return bool(np.all(np.asarray(temperature) <= 0))
+  except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+    return False
 
 
 def row_keys(rng: Array, batch: int) -> Array:
@@ -207,10 +277,10 @@ def _stack_streams(c: dict, u: dict) -> dict:
 # ----------------------------------------------------------------------------- the loop
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_steps", "image_offset", "use_cfg"))
+@functools.partial(jax.jit, static_argnames=("model", "num_steps", "image_offset", "use_cfg", "greedy"))
 def _generate(model: DecoderLM, params: Any, stream: dict, settings: SampleSettings, keys: Array,
               vocab_mask: Array | None, step_vocab_mask: Array | None, logit_bias: Array | None,
-              *, num_steps: int, image_offset: int, use_cfg: bool) -> Array:
+              *, num_steps: int, image_offset: int, use_cfg: bool, greedy: bool) -> Array:
   _TRACES["generate"] += 1
   tokens, mask = stream["tokens"], stream["mask"]
   rows, l = tokens.shape
@@ -240,8 +310,8 @@ def _generate(model: DecoderLM, params: Any, stream: dict, settings: SampleSetti
     if use_cfg:
       logits = cfg_combine(logits[:b], logits[b:], settings.cfg_scale)
     logits = process_logits(logits, settings, seen, bias, allowed_at(step))
-    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
-    tok = sample_tokens(logits, settings, step_keys)
+    step_keys = None if greedy else jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
+    tok = sample_tokens(logits, settings, step_keys, greedy)
     tok = jnp.where(done, settings.eos_id, tok)
     done = done | ((settings.eos_id >= 0) & (tok == settings.eos_id))
     seen = seen.at[jnp.arange(b), tok].set(True)
@@ -275,6 +345,26 @@ def _generate(model: DecoderLM, params: Any, stream: dict, settings: SampleSetti
   return out
 
 
+def _generate_args(model: DecoderLM, params: Any, prompt: Prompt, rng: Array, num_steps: int, settings: SampleSettings,
+                   uncond: Prompt | None, vocab_mask: Array | None, step_vocab_mask: Array | None,
+                   logit_bias: Array | None, image_offset: int) -> tuple[tuple, dict]:
+  """Validates and packs `generate`'s inputs as (args, static kwargs) of `_generate`."""
+  if model.rope == "2d" and (model.grid[0] <= 0 or model.grid[1] <= 0):
+    raise ValueError("rope='2d' sampling needs model.grid = (rows, cols).")
+  if step_vocab_mask is not None and step_vocab_mask.shape[0] != num_steps:
+    raise ValueError(f"step_vocab_mask must be [num_steps={num_steps}, V]; got {step_vocab_mask.shape}.")
+  stream = _normalise(prompt)
+  b = stream["tokens"].shape[0]
+  if uncond is not None:
+    stream = _stack_streams(stream, _normalise(uncond))
+  keys = row_keys(rng, b)
+  as_arr = lambda x, dt: None if x is None else jnp.asarray(x, dt)
+  args = (model, params, stream, settings.as_arrays(), keys, as_arr(vocab_mask, bool), as_arr(step_vocab_mask, bool),
+          as_arr(logit_bias, jnp.float32))
+  return args, dict(num_steps=num_steps, image_offset=image_offset, use_cfg=uncond is not None,
+                    greedy=is_greedy(settings.temperature))
+
+
 def generate(model: DecoderLM, params: Any, prompt: Prompt, rng: Array, num_steps: int, *,
              settings: SampleSettings = SampleSettings(), uncond: Prompt | None = None,
              vocab_mask: Array | None = None, step_vocab_mask: Array | None = None,
@@ -288,16 +378,17 @@ def generate(model: DecoderLM, params: Any, prompt: Prompt, rng: Array, num_step
   logit_bias: [V] or [B, V] float added to the logits every step.
   image_offset: rope '2d' only: the grid index of the first generated token.
   """
-  if model.rope == "2d" and (model.grid[0] <= 0 or model.grid[1] <= 0):
-    raise ValueError("rope='2d' sampling needs model.grid = (rows, cols).")
-  if step_vocab_mask is not None and step_vocab_mask.shape[0] != num_steps:
-    raise ValueError(f"step_vocab_mask must be [num_steps={num_steps}, V]; got {step_vocab_mask.shape}.")
-  stream = _normalise(prompt)
-  b = stream["tokens"].shape[0]
-  if uncond is not None:
-    stream = _stack_streams(stream, _normalise(uncond))
-  keys = row_keys(rng, b)
-  as_arr = lambda x, dt: None if x is None else jnp.asarray(x, dt)
-  return _generate(model, params, stream, settings.as_arrays(), keys, as_arr(vocab_mask, bool),
-                   as_arr(step_vocab_mask, bool), as_arr(logit_bias, jnp.float32), num_steps=num_steps,
-                   image_offset=image_offset, use_cfg=uncond is not None)
+  args, static = _generate_args(model, params, prompt, rng, num_steps, settings, uncond, vocab_mask,
+                                step_vocab_mask, logit_bias, image_offset)
+  return _generate(*args, **static)
+
+
+def lower_generate(model: DecoderLM, params: Any, prompt: Prompt, rng: Array, num_steps: int, *,
+                   settings: SampleSettings = SampleSettings(), uncond: Prompt | None = None,
+                   vocab_mask: Array | None = None, step_vocab_mask: Array | None = None,
+                   logit_bias: Array | None = None, image_offset: int = 0) -> jax.stages.Lowered:
+  """`generate`'s jitted loop lowered for these inputs (`.as_text()`, `.compile()`), for
+  inspecting what a call would run; same arguments as `generate`."""
+  args, static = _generate_args(model, params, prompt, rng, num_steps, settings, uncond, vocab_mask,
+                                step_vocab_mask, logit_bias, image_offset)
+  return _generate.lower(*args, **static)

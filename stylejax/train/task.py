@@ -49,6 +49,14 @@ class Task(abc.ABC):
   def source(self, split: str = "train") -> RandomAccessSource:
     """Examples, one dict of numpy arrays per index (no batch axis)."""
 
+  def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+    """Host-side step on each host batch (numpy in, numpy out) before it is sharded.
+
+    For frozen preprocessing that is cheaper batched than per example: e.g. a frozen VQ
+    tokenizer turning images into ids, a frozen text encoder embedding captions. Default: none.
+    """
+    return batch
+
   def flops_per_example(self) -> float | None:
     """Analytic training FLOPs per example, or None to use XLA's cost analysis."""
     return None

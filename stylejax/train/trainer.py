@@ -96,8 +96,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax
     return summary
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    first = next(data)
-    batch = parallel.host_batch_to_global(first, mesh)
+    batch = parallel.host_batch_to_global(task.prepare_batch(next(data)), mesh)
     t0 = time.perf_counter()
     compiled = step_lib.jit_train_step(task, tx, mask, config, shardings, mesh).lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
@@ -123,7 +122,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax
     with _StopSignal() as stop:
       for step in range(start, end):
         if step > start:
-          batch = parallel.host_batch_to_global(next(data), mesh)
+          batch = parallel.host_batch_to_global(task.prepare_batch(next(data)), mesh)
         state, metrics = compiled(state, batch)
         bad = bad | metrics["nonfinite"]
         done = step + 1
@@ -194,6 +193,24 @@ def load_params(workdir: str, devices: Sequence[jax.Device] | None = None, use_e
   checkpointer.close()
   params = state["ema"] if (use_ema and "ema" in state) else state["params"]
   return config, params
+
+
+def load_part(workdir: str = "", config: str = "", seed: int = 0) -> tuple[Task, Any]:
+  """(task, unboxed params) of a model another model builds on (a frozen tokenizer, text encoder).
+
+  From a trained `workdir` (its config.json and latest checkpoint), or, when `workdir` is empty,
+  freshly initialised from the config spec `config` ("configs/x.py:variant"): untrained weights,
+  meant for runlocal smoke runs and tests.
+  """
+  if workdir:
+    part_config, params = load_params(workdir, devices=jax.devices()[:1])
+    return load_task(part_config), params_to_numpy(params)
+  if not config:
+    raise config_lib.ConfigError("a model part needs a `workdir` (trained) or a `config` spec (random init).")
+  part_config = config_lib.load_config(config)
+  task = load_task(part_config)
+  params = jax.jit(lambda rng: parallel.unbox(task.init(rng)))(jax.random.key(seed))
+  return task, params_to_numpy(params)
 
 
 def params_to_numpy(params: Any) -> Any:

@@ -1,0 +1,128 @@
+"""The embedded ShapeStyle world: every base model shipped with the package, one part each.
+
+  stylejax train --config configs/shapestyle.py:tokenizer --workdir /tmp/ss_tokenizer  # VQGAN, 64x64 -> 8x8 codes
+  stylejax train --config configs/shapestyle.py:clip --workdir /tmp/ss_clip            # tiny CLIP (CLIP-T/-I, text tower)
+  stylejax train --config configs/shapestyle.py:content --workdir /tmp/ss_content      # content classifier (scorer)
+  stylejax train --config configs/shapestyle.py:style --workdir /tmp/ss_style          # style encoder (scorer)
+  stylejax train --config configs/shapestyle.py:clip,runlocal --workdir /tmp/s         # any part: seconds, 32x32
+
+Parts:
+  * `tokenizer` (default: the first stage everything else generates in) trains the VQGAN image
+    tokenizer (`stylejax.models.vqgan:VQGANTask`) on ShapeStyle images, f8 and 512 codes.
+  * `clip` trains the tiny CLIP (`stylejax.models.clip_task:CLIPTask`) on (image, caption) pairs with
+    the shipped caption BPE (`stylejax/assets/shapestyle_bpe.json`).
+  * `content`, `style`: the eval scorers (`stylejax.models.scorers`); export with
+    `scorers_from_workdirs` + `save_scorers`.
+  * `muse`: the base text-to-image Muse (added with the Muse recipe; see `_PARTS`).
+
+Full `tokenizer` and `clip` are sized to train on a 2-core CPU in about 20 minutes each (speeds measured
+with `stylejax train` on one CPU device are noted per part); the scorers take longer. On an accelerator
+raise batch and steps.
+"""
+import ml_collections
+
+from configs import common
+
+
+def _tokenizer(c: ml_collections.ConfigDict, runlocal: bool) -> None:
+  c.task = "stylejax.models.vqgan:VQGANTask"
+  c.model = ml_collections.ConfigDict(dict(
+      filters=32, channel_multipliers=[1, 1, 2, 2],  # f = 2**3 = 8: 64x64 -> 8x8 tokens
+      num_res_blocks=1, embedding_dim=16, codebook_size=512, quantizer="euclidean",
+      maskgit_shortcut_quirk=False, recon_loss="l1", commitment=0.25,
+      # Without these usage collapses (measured at 300 steps: 17% of codes per batch, perplexity 26);
+      # with MaskGIT's entropy loss + dead-code pull: 95%, perplexity 409, same L1 (0.071).
+      entropy_weight=0.1, dead_code_weight=1.0,
+      gan_weight=0.0, perceptual_weight=0.0, image_size=64))
+  c.data = ml_collections.ConfigDict(dict(name="shapestyle", image_size=64, seed=0, num_examples=1_000_000,
+                                          styles="named+plain"))
+  # Measured ~1.6 steps/s (batch 32, one CPU device, 2 idle cores): 2000 steps in ~21 min.
+  c.total_steps = 2000
+  c.batch_size = 32
+  c.optimizer.lr = 1e-3
+  c.optimizer.warmup_steps = 100
+  c.checkpoint.every = 500
+  c.log_every = 50
+  if runlocal:
+    c.model.update(filters=8, embedding_dim=8, codebook_size=32, image_size=32)
+    c.data.update(image_size=32, num_examples=256)
+
+
+def _clip(c: ml_collections.ConfigDict, runlocal: bool) -> None:
+  c.task = "stylejax.models.clip_task:CLIPTask"
+  c.model = ml_collections.ConfigDict(dict(
+      hidden=128, layers=4, heads=4, image_size=64, patch_size=8, projection_dim=64,
+      hidden_act="quick_gelu", max_logit_scale=100.0,
+      tokenizer=""))  # "" = the shipped stylejax/assets/shapestyle_bpe.json
+  c.data = ml_collections.ConfigDict(dict(
+      image_size=64, seed=0, num_examples=1_000_000, styles="named+plain",
+      plain_fraction=0.2,             # plain images: the "original" content look
+      content_caption_fraction=0.25))  # styled images captioned by content alone
+  # Measured ~3 steps/s (batch 64, one CPU device, 2 idle cores): 3000 steps in ~17 min. In-batch
+  # retrieval (chance 1/64) reached ~0.6 by step 300 in a trial run.
+  c.total_steps = 3000
+  c.batch_size = 64
+  c.optimizer.lr = 1e-3
+  c.optimizer.weight_decay = 0.05
+  c.optimizer.warmup_steps = 200
+  c.checkpoint.every = 1000
+  c.log_every = 50
+  if runlocal:
+    c.model.update(hidden=32, layers=1, heads=2, image_size=32, patch_size=8, projection_dim=16)
+    c.data.update(image_size=32, num_examples=256)
+
+
+def _scorer(c: ml_collections.ConfigDict, runlocal: bool, part: str) -> None:
+  # Both scorers see a fresh random style (held-out family) for `random_style_fraction` of examples.
+  c.task = {"content": "stylejax.models.scorers:ContentClassifierTask",
+            "style": "stylejax.models.scorers:StyleEncoderTask"}[part]
+  c.model = ml_collections.ConfigDict(dict(widths=[16, 32, 64, 128], hidden=128))
+  if part == "style":
+    c.model.hidden = 256
+    c.model.embed_dim = 64
+    c.model.temperature = 0.1  # SupCon temperature (Khosla et al. 2020 use 0.1)
+  c.data = ml_collections.ConfigDict(dict(
+      image_size=64, seed=0,
+      num_examples=1_000_000,      # generated on the fly; only sets the epoch length
+      random_style_fraction=0.5,   # fresh random style per example -> unlimited styles
+      include_plain=True))
+  # Kept from the scorers' own tuning. ~1.8 steps/s measured on a busy 2-core CPU (content, batch 64):
+  # 6000 steps take longer than the other parts (~30 min or more).
+  c.total_steps = 6000
+  c.batch_size = 64
+  c.optimizer.lr = 2e-3
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.warmup_steps = 200
+  c.checkpoint.every = 1000
+  c.log_every = 50
+  if runlocal:
+    c.model.widths = [8, 16, 32]
+    c.model.hidden = 32
+    if part == "style":
+      c.model.embed_dim = 16
+    c.data.image_size = 32
+    c.data.num_examples = 256
+
+
+_PARTS = {
+    "tokenizer": _tokenizer,
+    "clip": _clip,
+    "content": lambda c, runlocal: _scorer(c, runlocal, "content"),
+    "style": lambda c, runlocal: _scorer(c, runlocal, "style"),
+    # "muse": the base text-to-image Muse on VQGAN tokens + CLIP text states (added by the lead).
+}
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+  arg = common.parse_arg(arg, variant="tokenizer", runlocal=False)
+  if arg.variant not in _PARTS:
+    raise ValueError(f"unknown shapestyle part {arg.variant!r}; use one of {sorted(_PARTS)}.")
+  c = common.base_config(arg.runlocal)
+  _PARTS[arg.variant](c, arg.runlocal)
+  if arg.runlocal:  # base_config's runlocal trainer settings (4 steps, batch 8), after the part's own
+    c.total_steps = 4
+    c.batch_size = 8
+    c.log_every = 1
+    c.checkpoint.every = 2
+    c.optimizer.warmup_steps = 1
+  return c

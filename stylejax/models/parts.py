@@ -1,0 +1,96 @@
+"""Frozen model parts other models build on: the VQ image tokenizer and the CLIP text encoder.
+
+Each wraps a part's task and params (see `stylejax.train.trainer.load_part`) behind a jitted,
+batched call that takes and returns numpy: trainers use them host-side in `Task.prepare_batch`
+(images -> token ids, captions -> text embeddings) and samplers use them to decode ids to pixels
+and to embed prompts.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from stylejax.models.vqgan import VQGAN, VQGANTask
+
+
+def _part_spec(spec: Any) -> dict[str, str]:
+  d = spec.to_dict() if isinstance(spec, ml_collections.ConfigDict) else dict(spec)
+  return {"workdir": d.get("workdir", "") or "", "config": d.get("config", "") or ""}
+
+
+class ImageTokenizer:
+  """VQ tokenizer: images [B, H, W, 3] (uint8 or float in [0, 1]) <-> flat ids [B, h*w]."""
+
+  def __init__(self, task: VQGANTask, params: Any):
+    if not isinstance(task, VQGANTask):
+      raise ValueError(f"the tokenizer part must be a VQGANTask run, got {type(task).__name__}.")
+    self.task, self.params = task, VQGANTask.vqgan_params(params)
+    self.model: VQGAN = task.model
+    self.image_size = int(task.config.data.image_size)
+    self.grid = self.image_size // self.model.downsample_factor
+    self.codebook_size = int(self.model.codebook_size)
+    self._encode = jax.jit(lambda p, x: self.model.apply({"params": p}, x, method=VQGAN.encode)[0])
+    self._decode = jax.jit(lambda p, ids: self.model.apply({"params": p}, ids, method=VQGAN.decode_ids))
+
+  @property
+  def seq_len(self) -> int:
+    return self.grid * self.grid
+
+  def encode(self, images: np.ndarray) -> np.ndarray:
+    """images [B, S, S, 3] -> ids [B, L] int32 (L = (S / f)^2, row-major)."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+      images = images.astype(np.float32) / 255.0
+    if images.shape[1:] != (self.image_size, self.image_size, 3):
+      raise ValueError(f"the tokenizer takes images [B, {self.image_size}, {self.image_size}, 3], "
+                       f"got {images.shape}.")
+    ids = self._encode(self.params, jnp.asarray(images, jnp.float32))
+    return np.asarray(ids, np.int32).reshape(images.shape[0], -1)
+
+  def decode(self, ids: np.ndarray) -> np.ndarray:
+    """ids [B, L] -> images [B, S, S, 3] uint8."""
+    ids = np.asarray(ids, np.int32).reshape(-1, self.grid, self.grid)
+    images = np.asarray(self._decode(self.params, jnp.asarray(ids)))
+    return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+class TextEncoder:
+  """CLIP text tower: prompts -> (hidden states [B, T, D] float32, mask [B, T] bool)."""
+
+  def __init__(self, task: Any, params: Any):
+    from stylejax.models.clip import CLIPModel  # lazy: only text-conditioned models need CLIP
+    if not isinstance(getattr(task, "model", None), CLIPModel):
+      raise ValueError(f"the text encoder part must be a CLIP run, got {type(task).__name__}.")
+    self.task, self.params, self.tokenizer = task, params, task.tokenizer
+    self.model: CLIPModel = task.model
+    self.dim = int(self.model.config.text.hidden_size)
+    self.max_len = int(self.tokenizer.max_len)
+    self._embed = jax.jit(lambda p, ids, mask: self.model.apply(
+        {"params": p}, ids, mask, method=CLIPModel.encode_text_hidden))
+
+  def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """B strings -> (ids [B, T] int32, mask [B, T] int32)."""
+    return self.tokenizer.encode(list(texts))
+
+  def embed_ids(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids [B, T] and mask [B, T] -> (hidden [B, T, D] float32, mask [B, T] bool)."""
+    hidden = self._embed(self.params, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
+    return np.asarray(hidden, np.float32), np.asarray(mask).astype(bool)
+
+  def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    return self.embed_ids(*self.tokenize(texts))
+
+
+def load_image_tokenizer(spec: Any) -> ImageTokenizer:
+  """From a config's part spec {workdir, config} (see `trainer.load_part`)."""
+  from stylejax.train.trainer import load_part  # lazy: avoids a models <-> train import cycle
+  return ImageTokenizer(*load_part(**_part_spec(spec)))
+
+
+def load_text_encoder(spec: Any) -> TextEncoder:
+  from stylejax.train.trainer import load_part
+  return TextEncoder(*load_part(**_part_spec(spec)))
