@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
-import time
 from typing import Any
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -41,6 +39,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_util  # noqa: E402
+from bench_util import timed  # noqa: E402
 from stylejax.sample import autoregressive as sa  # noqa: E402
 from stylejax.weights import hf_causal_lm  # noqa: E402
 
@@ -94,22 +95,9 @@ def run_transformers(ref, ids: np.ndarray, steps: int, kwargs: dict, seed: int) 
   return out[:, ids.shape[1]:].numpy()
 
 
-def timed(fn) -> tuple[float, Any]:
-  t = time.perf_counter()
-  out = fn()
-  return time.perf_counter() - t, out
-
-
 def pick_threads(ref, ids: np.ndarray, steps: int, candidates: list[int]) -> int:
-  """The torch thread count with the fastest short greedy generation (best of 2 tries each)."""
-  best = None
-  for th in candidates:
-    torch.set_num_threads(th)
-    t = min(timed(lambda: run_transformers(ref, ids, steps, dict(do_sample=False), 0))[0] for _ in range(2))
-    if best is None or t < best[0]:
-      best = (t, th)
-  torch.set_num_threads(best[1])
-  return best[1]
+  """The torch thread count with the fastest short greedy generation."""
+  return bench_util.pick_threads(lambda: run_transformers(ref, ids, steps, dict(do_sample=False), 0), candidates)
 
 
 def bench(configs: list[str], batches: list[int], prompt_len: int, steps: int, repeats: int,
@@ -163,16 +151,9 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
 
 
 def machine() -> str:
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-  except OSError:
-    pass
   import transformers
-  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-  return (f"{cpu}, {os.cpu_count()} cores (1-min load {load:.1f} at start), jax {jax.__version__} "
-          f"({jax.devices()[0].platform}), torch {torch.__version__}, transformers {transformers.__version__}")
+  return (f"{bench_util.cpu_and_load()}), jax {jax.__version__} ({jax.devices()[0].platform}), "
+          f"torch {torch.__version__}, transformers {transformers.__version__}")
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -195,12 +176,7 @@ def main(argv: list[str] | None = None) -> str:
   batches = [int(b) for b in (a.batches or ("1" if a.quick else "1,8")).split(",")]
   steps = a.new_tokens or (32 if a.quick else 128)
   repeats = min(a.repeats, 2) if a.quick else a.repeats
-  if a.threads == "auto":
-    threads = sorted({1, os.cpu_count() or 1})
-  elif a.threads.isdigit() and int(a.threads) > 0:
-    threads = [int(a.threads)]
-  else:
-    p.error(f"--threads must be a positive integer or auto; got {a.threads!r}")
+  threads = bench_util.thread_candidates(p, a.threads)
   log = lambda s: print(s, file=sys.stderr, flush=True)
   desc = machine()
   log(desc)

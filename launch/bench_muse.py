@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
-import time
 import warnings
 from typing import Any, Callable
 
@@ -49,6 +47,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_util  # noqa: E402
+from bench_util import timed  # noqa: E402
 from stylejax.models import muse  # noqa: E402
 from stylejax.nn.adapters import AdapterConfig  # noqa: E402
 from stylejax.sample import masked  # noqa: E402
@@ -135,12 +136,6 @@ def run_reference(pipe, name: str, batch: int, steps: int, seed: int) -> np.ndar
   return out.images.numpy()
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-  t = time.perf_counter()
-  out = fn()
-  return time.perf_counter() - t, out
-
-
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                   "/jax/core/compile/backend_compile_duration")
 _COMPILE_SECS = [0.0]
@@ -159,18 +154,6 @@ def timed_compile(fn: Callable[[], Any]) -> tuple[float, float, Any]:
   before = _COMPILE_SECS[0]
   wall, out = timed(fn)
   return wall, _COMPILE_SECS[0] - before, out
-
-
-def pick_threads(fn: Callable[[], Any], candidates: list[int]) -> int:
-  """The torch thread count with the fastest call of `fn` (best of 2 tries each)."""
-  best = None
-  for th in candidates:
-    torch.set_num_threads(th)
-    t = min(timed(fn)[0] for _ in range(2))
-    if best is None or t < best[0]:
-      best = (t, th)
-  torch.set_num_threads(best[1])
-  return best[1]
 
 
 def bench(configs: list[str], batches: list[int], steps: int, repeats: int, threads: list[int],
@@ -202,7 +185,7 @@ def bench(configs: list[str], batches: list[int], steps: int, repeats: int, thre
       th = None
       if pipe is not None:
         ref_call = lambda: run_reference(pipe, name, batch, steps, 0)
-        th = pick_threads(ref_call, threads) if len(threads) > 1 else threads[0]
+        th = bench_util.pick_threads(ref_call, threads) if len(threads) > 1 else threads[0]
         torch.set_num_threads(th)
       impls = list(MODES) + (["ref"] if pipe is not None else [])
       times = {k: [] for k in impls}
@@ -248,17 +231,10 @@ def matmul_gflops(n: int = 2048) -> float:
 
 
 def machine() -> str:
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-  except OSError:
-    pass
   import diffusers
-  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-  return (f"{cpu}, {os.cpu_count()} cores (1-min load {load:.1f} at start, jax 2048^2 fp32 matmul "
-          f"{matmul_gflops():.0f} GFLOP/s), jax {jax.__version__} "
-          f"({jax.devices()[0].platform}), torch {torch.__version__}, diffusers {diffusers.__version__}")
+  return (f"{bench_util.cpu_and_load()}, jax 2048^2 fp32 matmul {matmul_gflops():.0f} GFLOP/s), "
+          f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, "
+          f"diffusers {diffusers.__version__}")
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -284,12 +260,7 @@ def main(argv: list[str] | None = None) -> str:
     p.error(f"unknown config(s) {unknown}; choose from {sorted(CONFIGS)}")
   batches = [int(b) for b in (a.batches or ("1" if a.quick else "1,8")).split(",")]
   repeats = min(a.repeats, 2) if a.quick else a.repeats
-  if a.threads == "auto":
-    threads = sorted({1, os.cpu_count() or 1})
-  elif a.threads.isdigit() and int(a.threads) > 0:
-    threads = [int(a.threads)]
-  else:
-    p.error(f"--threads must be a positive integer or auto; got {a.threads!r}")
+  threads = bench_util.thread_candidates(p, a.threads)
   log = lambda s: print(s, file=sys.stderr, flush=True)
   desc = machine()
   log(desc)

@@ -1,0 +1,54 @@
+"""Pieces the benchmark scripts share: wall-clock timing, torch thread choice, machine description."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from typing import Any, Callable
+
+import torch
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+  """(wall seconds, output) of one call."""
+  t = time.perf_counter()
+  out = fn()
+  return time.perf_counter() - t, out
+
+
+def pick_threads(fn: Callable[[], Any], candidates: list[int]) -> int:
+  """The torch thread count with the fastest call of `fn` (best of 2 tries each); it stays set.
+
+  On a shared machine 2 OpenMP threads can be several times slower than 1 (threads wait at
+  barriers while other processes hold the cores), which would be counted against the reference.
+  """
+  best = None
+  for th in candidates:
+    torch.set_num_threads(th)
+    t = min(timed(fn)[0] for _ in range(2))
+    if best is None or t < best[0]:
+      best = (t, th)
+  torch.set_num_threads(best[1])
+  return best[1]
+
+
+def thread_candidates(p: argparse.ArgumentParser, value: str) -> list[int]:
+  """--threads: "auto" -> [1, cpu_count] (probed with `pick_threads`), or one positive count."""
+  if value == "auto":
+    return sorted({1, os.cpu_count() or 1})
+  if value.isdigit() and int(value) > 0:
+    return [int(value)]
+  p.error(f"--threads must be a positive integer or auto; got {value!r}")
+
+
+def cpu_and_load() -> str:
+  """"<cpu model>, <n> cores (1-min load <x> at start" — callers close the parenthesis."""
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+  except OSError:
+    pass
+  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+  return f"{cpu}, {os.cpu_count()} cores (1-min load {load:.1f} at start"
