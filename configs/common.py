@@ -94,6 +94,9 @@ def base_config(runlocal: bool = False) -> ml_collections.ConfigDict:
       trainable=[],
   ))
   c.ema_decay = 0.0  # 0 disables EMA
+  # Start from another run's params (a workdir or shipped name like "shapestyle:base"): matching
+  # paths are copied before step 0; params only this model has (adapters, LoRA) keep their init.
+  c.init_from = ml_collections.ConfigDict(dict(workdir=""))
 
   c.compute_dtype = "float32"  # "bfloat16" for bf16 compute with fp32 params
   c.scan_layers = False
@@ -127,8 +130,10 @@ def sample_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def shapestyle_parts(runlocal: bool) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
-  """(tokenizer, text_encoder) part specs of the ShapeStyle world: a trained `workdir`, or when it
-  is empty, a random init of `config` (runlocal smoke runs only)."""
-  suffix = ",runlocal" if runlocal else ""
-  return (ml_collections.ConfigDict(dict(workdir="", config="configs/shapestyle.py:tokenizer" + suffix)),
-          ml_collections.ConfigDict(dict(workdir="", config="configs/shapestyle.py:clip" + suffix)))
+  """(tokenizer, text_encoder) part specs of the ShapeStyle world: the shipped parts, or for runlocal
+  a random init of their `config` (an empty `workdir` means random init; smoke runs only)."""
+  if runlocal:
+    return (ml_collections.ConfigDict(dict(workdir="", config="configs/shapestyle.py:tokenizer,runlocal")),
+            ml_collections.ConfigDict(dict(workdir="", config="configs/shapestyle.py:clip,runlocal")))
+  return (ml_collections.ConfigDict(dict(workdir="shapestyle:tokenizer", config="configs/shapestyle.py:tokenizer")),
+          ml_collections.ConfigDict(dict(workdir="shapestyle:clip", config="configs/shapestyle.py:clip")))

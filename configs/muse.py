@@ -24,7 +24,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       label_smoothing=0.1, mask_schedule="arccos", min_mask_rate=0.0, cond_dropout=0.1,
       adapters=ml_collections.ConfigDict(dict(kind="none"))))
   c.data = ml_collections.ConfigDict(dict(name="shapestyle", image_size=64, seed=0, num_examples=1_000_000,
-                                          styles="named+plain", plain_fraction=None))
+                                          styles="named+plain", plain_fraction=None,
+                                          heldout_prompts=0.1))  # 10% of (content, style) never trained
   c.tokenizer, c.text_encoder = common.shapestyle_parts(arg.runlocal)
   c.total_steps = 20_000
   c.batch_size = 64

@@ -53,7 +53,7 @@ FILLS = ("flat", "outline", "hatched", "crosshatched", "dotted", "shaded")
 
 PLAIN_STYLE_ID = -1
 HELDOUT_ID_OFFSET = 1000
-_SPLITS = {"train": 0, "test": 1}
+_SPLITS = {"train": 0, "test": 1, "heldout_prompts": 2}
 _HELDOUT_STREAM = 0x5EED_0001  # held-out styles draw from their own RNG stream
 RGB = tuple[float, float, float]
 
@@ -662,6 +662,15 @@ def _resolve_styles(styles: Any, num_heldout_styles: int) -> list[Style]:
   return out
 
 
+def is_heldout_prompt(content: Content, style: Style, fraction: float) -> bool:
+  """True for a fixed pseudo-random `fraction` of (content, style) prompts, kept out of training
+  when a source has `heldout_prompts > 0`: text-to-image models are scored on these unseen combos."""
+  if fraction <= 0:
+    return False
+  key = (content.shape * 31 + content.color) * 7 + content.count
+  return ((key * 2654435761 + (style.id + 1) * 40503) % 10007) < fraction * 10007
+
+
 class ShapeStyleSource:
   """Random-access ShapeStyle examples, generated on the fly from (seed, split, index).
 
@@ -669,7 +678,9 @@ class ShapeStyleSource:
   held-out styles), one style name/id/Style, or a list of them. Each index draws its content
   uniformly and its style uniformly from that list (or plain with probability `plain_fraction`
   when given and plain is in the list). Train and test use disjoint RNG streams; contents
-  (the 216 classes) are shared by design.
+  (the 216 classes) are shared by design. `heldout_prompts` > 0 keeps that fraction of
+  (content, style) prompts (`is_heldout_prompt`) out of the train split; the "heldout_prompts"
+  split draws only those.
 
   `__getitem__(i)` -> dict of numpy arrays (see `make_example`): image [S, S, 3] uint8 (or float32
   in [0, 1]), mask [S, S] uint8, caption / content_caption / style_descriptor (numpy str), shape,
@@ -678,7 +689,7 @@ class ShapeStyleSource:
 
   def __init__(self, split: str = "train", image_size: int = 64, seed: int = 0, styles: Any = "named+plain",
                num_examples: int = 100_000, image_dtype: str = "uint8", plain_fraction: float | None = None,
-               num_heldout_styles: int = 16):
+               num_heldout_styles: int = 16, heldout_prompts: float = 0.0):
     if split not in _SPLITS:
       raise ValueError(f"split={split!r}; use one of {tuple(_SPLITS)}.")
     if num_examples <= 0:
@@ -690,7 +701,9 @@ class ShapeStyleSource:
     self.split, self.image_size, self.seed = split, int(image_size), int(seed)
     self.num_examples, self.image_dtype = int(num_examples), image_dtype
     self.styles = _resolve_styles(styles, num_heldout_styles)
-    self.plain_fraction = plain_fraction
+    self.plain_fraction, self.heldout_prompts = plain_fraction, float(heldout_prompts)
+    if split == "heldout_prompts" and not 0 < self.heldout_prompts < 1:
+      raise ValueError("split='heldout_prompts' needs 0 < heldout_prompts < 1.")
     self._styled = [s for s in self.styles if not s.is_plain]
     if plain_fraction is not None and not (0 <= plain_fraction <= 1):
       raise ValueError(f"plain_fraction={plain_fraction}; use a value in [0, 1].")
@@ -711,9 +724,13 @@ class ShapeStyleSource:
     if not 0 <= index < self.num_examples:
       raise IndexError(f"index {index} out of range for {self.num_examples} examples.")
     rng = np.random.default_rng([self.seed, _SPLITS[self.split], index])
-    content = Content(int(rng.integers(len(SHAPES))), int(rng.integers(len(COLORS))),
-                      int(rng.integers(1, MAX_COUNT + 1)))
-    style = self._pick_style(rng)
+    want_heldout = self.split == "heldout_prompts"
+    while True:  # rejection sampling; deterministic in (seed, split, index)
+      content = Content(int(rng.integers(len(SHAPES))), int(rng.integers(len(COLORS))),
+                        int(rng.integers(1, MAX_COUNT + 1)))
+      style = self._pick_style(rng)
+      if self.split == "test" or is_heldout_prompt(content, style, self.heldout_prompts) == want_heldout:
+        break
     return make_example(content, style, self.image_size, rng, self.image_dtype, index)
 
   def __repr__(self) -> str:

@@ -21,6 +21,14 @@ Conditioning: `prefix_embeds` [B, P, D or text_dim] are prepended (through Dense
 when `text_dim` > 0); class/text conditioning by token ids needs nothing special; and
 `input_embeds_override=(mask [B, L], vectors [B, K, D])` writes the k-th vector of a row into
 that row's k-th masked token position (StyleAR's 16 style-token placeholders).
+
+LoRA (optional, `lora_rank` > 0; Hu et al. 2021, StyleAR's recipe: rank 4, no alpha, so scale 1):
+`y = x W + (x A) B` on the sites named in `lora_targets` ("q", "k", "v", "o", "gate", "up",
+"down", "lm_head"). A is normal(1/sqrt(fan_in)), B is zero, so a fresh LoRA model computes
+exactly the base model. The two matrices are params `lora_a` / `lora_b`: inside the Projection
+for q/k/v/o (`layers_i/attn/q/lora_a`), in a sibling module for Dense sites
+(`layers_i/mlp/down_lora/lora_a`, `lm_head_lora/lora_a`), so the regex `lora_[ab]$` selects
+every one of them and nothing else; the base params keep their names.
 """
 from __future__ import annotations
 
@@ -32,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from stylejax.nn import rope as rope_lib
+from stylejax.nn.adapters import lora_delta
 
 Array = jax.Array
 
@@ -67,6 +76,47 @@ def _dtype(d: Any) -> jnp.dtype:
 
 def _init(std: float, names: tuple[str, ...]):
   return nn.with_logical_partitioning(nn.initializers.normal(std), names)
+
+
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down", "lm_head")
+
+
+class LoRAConfig(NamedTuple):
+  """Which sites get a LoRA and of what rank (hashable: a module field). rank 0 = none."""
+  rank: int = 0
+  targets: tuple[str, ...] = ("q", "k", "v", "o", "down", "lm_head")  # StyleAR's sites
+  init_std: float | None = None  # std of A; None = 1/sqrt(fan_in)
+
+  def on(self, site: str) -> bool:
+    return self.rank > 0 and site in self.targets
+
+
+def _lora_params(module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+                 names: tuple[str, ...], cfg: LoRAConfig, param_dtype: Any) -> tuple[Array, Array]:
+  """Declares (lora_a [*in, r], lora_b [r, *out]) on `module`; names = logical names of in + out dims."""
+  n_in = len(in_shape)
+  fan_in = 1
+  for d in in_shape:
+    fan_in *= d
+  std = cfg.init_std if cfg.init_std is not None else fan_in ** -0.5
+  a = module.param("lora_a", _init(std, names[:n_in] + ("adapter",)), (*in_shape, cfg.rank), param_dtype)
+  b = module.param("lora_b", nn.with_logical_partitioning(nn.initializers.zeros, ("adapter",) + names[n_in:]),
+                   (cfg.rank, *out_shape), param_dtype)
+  return a, b
+
+
+class DenseLoRA(nn.Module):
+  """The LoRA update of a Dense site, `(x A) B` [..., out] (added to the Dense output by the caller)."""
+  features: int
+  names: tuple[str, str]
+  cfg: LoRAConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    ab = _lora_params(self, (x.shape[-1],), (self.features,), self.names, self.cfg, self.param_dtype)
+    return lora_delta(x.astype(self.dtype), ab, 1.0)
 
 
 def overwrite_positions(x: Array, mask: Array, vectors: Array) -> Array:
@@ -126,6 +176,7 @@ class Projection(nn.Module):
   init_std: float = 0.02
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  lora: LoRAConfig = LoRAConfig()  # rank > 0: adds params lora_a [*in, r], lora_b [r, *out]
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -137,6 +188,9 @@ class Projection(nn.Module):
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.names[self.in_axes:]),
                         self.out_shape, self.param_dtype)
       y = y + bias.astype(self.dtype)
+    if self.lora.rank > 0:
+      ab = _lora_params(self, tuple(in_shape), self.out_shape, self.names, self.lora, self.param_dtype)
+      y = y + lora_delta(x.astype(self.dtype), ab, 1.0)
     return y
 
 
@@ -161,6 +215,7 @@ class Attention(nn.Module):
   init_std: float = 0.02
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  lora: LoRAConfig = LoRAConfig()
 
   @nn.compact
   def __call__(self, x: Array, kv: LayerKV | None, cos: Array, sin: Array, mask: Array,
@@ -169,8 +224,9 @@ class Attention(nn.Module):
     Returns (out [B, L, D], kv with this call's keys/values written at slots [index, index + L))."""
     if self.heads % self.kv_heads:
       raise ValueError(f"heads={self.heads} must be a multiple of kv_heads={self.kv_heads}.")
+    lora = lambda n: self.lora if self.lora.on(n) else LoRAConfig()
     dense = lambda n, feats, names, bias: Projection(feats, names, 1, bias, self.init_std, self.dtype,
-                                                     self.param_dtype, name=n)
+                                                     self.param_dtype, lora(n), name=n)
     q = dense("q", (self.heads, self.head_dim), ("embed", "heads", "kv"), self.qkv_bias)(x)
     k = dense("k", (self.kv_heads, self.head_dim), ("embed", "heads", "kv"), self.qkv_bias)(x)
     v = dense("v", (self.kv_heads, self.head_dim), ("embed", "heads", "kv"), self.qkv_bias)(x)
@@ -210,7 +266,7 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
     out = jnp.einsum("bkgls,bksd->blkgd", probs, v).reshape(b, l, self.heads, self.head_dim)
     out = Projection((x.shape[-1],), ("heads", "kv", "embed"), 2, self.out_bias, self.init_std, self.dtype,
-                     self.param_dtype, name="o")(out)
+                     self.param_dtype, lora("o"), name="o")(out)
     return out, kv
 
 
@@ -221,12 +277,18 @@ class MLP(nn.Module):
   init_std: float = 0.02
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  lora: LoRAConfig = LoRAConfig()
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    dense = lambda n, feats, names: nn.Dense(
-        feats, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype, name=n,
-        kernel_init=_init(self.init_std, names), bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]))
+    def dense(n, feats, names):
+      layer = nn.Dense(feats, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype, name=n,
+                       kernel_init=_init(self.init_std, names),
+                       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]))
+      if not self.lora.on(n):
+        return layer
+      delta = DenseLoRA(feats, names, self.lora, self.dtype, self.param_dtype, name=f"{n}_lora")
+      return lambda h: layer(h) + delta(h)
     h = nn.silu(dense("gate", self.mlp_dim, ("embed", "mlp"))(x)) * dense("up", self.mlp_dim, ("embed", "mlp"))(x)
     h = nn.with_logical_constraint(h, ("act_batch", "act_length", "act_mlp"))
     return dense("down", x.shape[-1], ("mlp", "embed"))(h)
@@ -247,6 +309,7 @@ class Block(nn.Module):
   init_std: float = 0.02
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  lora: LoRAConfig = LoRAConfig()
 
   @nn.compact
   def __call__(self, carry: tuple[Array, LayerKV | None], cos: Array, sin: Array, mask: Array,
@@ -254,10 +317,11 @@ class Block(nn.Module):
     x, kv = carry
     h = RMSNorm(self.rms_eps, self.dtype, self.param_dtype, name="attn_norm")(x)
     h, kv = Attention(self.heads, self.kv_heads, self.head_dim, self.qkv_bias, self.out_bias, self.qk_norm,
-                      self.rms_eps, self.init_std, self.dtype, self.param_dtype, name="attn")(h, kv, cos, sin, mask, index)
+                      self.rms_eps, self.init_std, self.dtype, self.param_dtype, self.lora, name="attn")(
+                          h, kv, cos, sin, mask, index)
     x = nn.with_logical_constraint(x + h, ("act_batch", "act_length", "act_embed"))
     h = RMSNorm(self.rms_eps, self.dtype, self.param_dtype, name="mlp_norm")(x)
-    h = MLP(self.mlp_dim, self.mlp_bias, self.init_std, self.dtype, self.param_dtype, name="mlp")(h)
+    h = MLP(self.mlp_dim, self.mlp_bias, self.init_std, self.dtype, self.param_dtype, self.lora, name="mlp")(h)
     x = nn.with_logical_constraint(x + h, ("act_batch", "act_length", "act_embed"))
     if kv is not None and kv.layer is not None:  # scanned: the next layer writes the next slice
       kv = kv._replace(layer=kv.layer + 1)
@@ -287,8 +351,20 @@ class DecoderLM(nn.Module):
   scan_layers: bool = False
   remat: bool = False
   init_std: float = 0.02
+  lora_rank: int = 0  # > 0: LoRA of this rank on `lora_targets` (see the module docstring)
+  lora_targets: tuple[str, ...] = ("q", "k", "v", "o", "down", "lm_head")
+  lora_init_std: float | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+
+  @property
+  def lora(self) -> LoRAConfig:
+    unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+    if unknown:
+      raise ValueError(f"lora_targets {unknown} are not LoRA sites; use some of {list(LORA_TARGETS)}.")
+    if self.lora_rank < 0:
+      raise ValueError(f"lora_rank={self.lora_rank} must be >= 0 (0 = no LoRA).")
+    return LoRAConfig(int(self.lora_rank), tuple(self.lora_targets), self.lora_init_std)
 
   @property
   def qk_norm_kind(self) -> str:
@@ -362,7 +438,8 @@ class DecoderLM(nn.Module):
 
     block_kwargs = dict(heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
                         rms_eps=self.rms_eps, qkv_bias=self.qkv_bias, out_bias=self.out_bias, mlp_bias=self.mlp_bias,
-                        qk_norm=self.qk_norm_kind, init_std=self.init_std, dtype=dtype, param_dtype=pdtype)
+                        qk_norm=self.qk_norm_kind, init_std=self.init_std, dtype=dtype, param_dtype=pdtype,
+                        lora=self.lora)
     block_cls = Block
     if self.remat:
       block_cls = nn.remat(Block, prevent_cse=not self.scan_layers)
@@ -390,6 +467,8 @@ class DecoderLM(nn.Module):
     else:
       logits = nn.Dense(self.vocab_size, use_bias=False, dtype=dtype, param_dtype=pdtype, name="lm_head",
                         kernel_init=_init(self.init_std, ("embed", "vocab")))(x)
+    if self.lora.on("lm_head"):
+      logits = logits + DenseLoRA(self.vocab_size, ("embed", "vocab"), self.lora, dtype, pdtype, name="lm_head_lora")(x)
     logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
     new_cache = None if cache is None else KVCache(new_kv[0], new_kv[1], kv_valid, index + t)
     return logits, new_cache

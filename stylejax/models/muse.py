@@ -528,7 +528,7 @@ class MuseTask(Task):
     label_smoothing (MaskGIT 0.1), mask_schedule ("cosine" | "arccos" | "uniform"),
     min_mask_rate, cond_dropout (Muse 0.1; rows trained with the null condition for CFG).
   config.data: name="synthetic_tokens" (num_examples, seed; a test fixture) or name="shapestyle"
-    (image_size, styles, plain_fraction, num_examples, seed): images tokenized by the frozen
+    (image_size, styles, plain_fraction, heldout_prompts, num_examples, seed): images tokenized by the frozen
     `config.tokenizer` part, captions embedded by the frozen `config.text_encoder` part (muse),
     class = content class (maskgit). Parts are {workdir, config} (see `trainer.load_part`).
   Batches: {"ids" [B, L], "label" [B]} (maskgit) or {"ids", "text_emb" [B, T, Dt], optional
@@ -595,7 +595,8 @@ class MuseTask(Task):
       from stylejax.data import shapestyle as ss
       base = ss.ShapeStyleSource(split=split, image_size=d.image_size, seed=d.get("seed", 0),
                                  styles=d.get("styles", "named+plain"), num_examples=d.num_examples,
-                                 plain_fraction=d.get("plain_fraction", None))
+                                 plain_fraction=d.get("plain_fraction", None),
+                                 heldout_prompts=d.get("heldout_prompts", 0.0))
       return _ShapeStyleCaptions(base, self.text_encoder.tokenize if c.layout != "maskgit" else None)
     if name != "synthetic_tokens":
       raise ValueError(f"data.name={name!r}; MuseTask knows 'synthetic_tokens' and 'shapestyle'.")

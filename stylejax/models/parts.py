@@ -94,3 +94,42 @@ def load_image_tokenizer(spec: Any) -> ImageTokenizer:
 def load_text_encoder(spec: Any) -> TextEncoder:
   from stylejax.train.trainer import load_part
   return TextEncoder(*load_part(**_part_spec(spec)))
+
+
+class ClipEmbedder:
+  """CLIP image and text embeddings for scoring (CLIP-T, CLIP-I, StyleDrop's CLIP feedback).
+
+  images uint8/float [N, H, W, 3] -> unit [N, P]; texts -> unit [N, P] (`clip.preprocess_images`
+  resizes to the model's input size, so any image size works).
+  """
+
+  def __init__(self, task: Any, params: Any):
+    from stylejax.models import clip
+    from stylejax.models.clip_task import to_unit_range
+    if not isinstance(getattr(task, "model", None), clip.CLIPModel):
+      raise ValueError(f"the CLIP part must be a CLIP run, got {type(task).__name__}.")
+    self.model, self.params, self.tokenizer = task.model, params, task.tokenizer
+    size = self.model.config.vision.image_size
+    unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+    self._images = jax.jit(lambda p, x: unit(self.model.apply(
+        {"params": p}, clip.preprocess_images(to_unit_range(x), size), method=clip.CLIPModel.get_image_features)))
+    self._texts = jax.jit(lambda p, ids, m: unit(self.model.apply(
+        {"params": p}, ids, m, method=clip.CLIPModel.get_text_features)))
+    self.logit_scale = float(np.exp(np.asarray(params["logit_scale"])))
+
+  def embed_images(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    images = np.asarray(images)
+    return np.concatenate([np.asarray(self._images(self.params, images[i:i + batch_size]))
+                           for i in range(0, len(images), batch_size)], 0)
+
+  def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+    ids, mask = self.tokenizer.encode(list(texts))
+    return np.asarray(self._texts(self.params, jnp.asarray(ids), jnp.asarray(mask)))
+
+
+def load_clip_embedder(spec: Any = "shapestyle:clip") -> ClipEmbedder:
+  """From a part spec {workdir, config}, a workdir, or a shipped name (default the tiny CLIP)."""
+  from stylejax.train.trainer import load_part
+  if isinstance(spec, str):
+    spec = {"workdir": spec}
+  return ClipEmbedder(*load_part(**_part_spec(spec)))

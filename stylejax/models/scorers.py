@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stylejax import shipped
 from stylejax.data import shapestyle as ss
 from stylejax.train.task import Task
 
@@ -336,26 +337,7 @@ class StyleEncoderTask(Task):
 # Shipping: safetensors with '/'-joined keys
 
 
-def flatten_params(params: Any) -> dict[str, np.ndarray]:
-  """Nested params (boxed or not) -> {"a/b/kernel": float32 numpy array}."""
-  params = nn.meta.unbox(params)
-  out = {}
-  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    key = "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
-    out[key] = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
-  return out
-
-
-def unflatten_params(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
-  """{"a/b/kernel": array} -> nested dicts."""
-  out: dict[str, Any] = {}
-  for key, value in flat.items():
-    node = out
-    *parents, leaf = key.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return out
+flatten_params, unflatten_params = shipped.flatten_params, shipped.unflatten_params  # shared safetensors layout
 
 
 @dataclasses.dataclass
@@ -456,8 +438,10 @@ def load_scorers(path: str) -> Scorers:
   return out
 
 
-def scorers_from_workdirs(content_workdir: str | None = None, style_workdir: str | None = None) -> Scorers:
-  """Scorers from the latest checkpoints of `stylejax train --config configs/shapestyle.py:{content,style}` runs."""
+def scorers_from_workdirs(content_workdir: str | None = "shapestyle:content",
+                          style_workdir: str | None = "shapestyle:style") -> Scorers:
+  """Scorers from `stylejax train --config configs/shapestyle.py:{content,style}` workdirs (default: the
+  shipped ones)."""
   from stylejax.train import trainer
   out, sizes = Scorers(), set()
   for name, workdir in (("content", content_workdir), ("style", style_workdir)):

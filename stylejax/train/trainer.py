@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from stylejax import checkpoint as ckpt_lib
 from stylejax import config as config_lib
-from stylejax import parallel
+from stylejax import parallel, shipped
 from stylejax.data import pipeline as pipeline_lib
 from stylejax.train import metrics_writer, optim, step as step_lib
 from stylejax.train.task import Task, load_task
@@ -87,6 +87,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax
     state, data_state = checkpointer.restore(state)
     if data_state is not None:
       data.set_state(data_state)
+  elif config.get("init_from", {}).get("workdir"):
+    state = _init_from(state, config.init_from.workdir)
   start = int(jax.device_get(state["step"]))
   total = config.total_steps
   summary = {"start_step": start, "final_step": start, "status": "done", "workdir": workdir}
@@ -167,6 +169,35 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax
   return summary
 
 
+def _init_from(state: dict[str, Any], workdir: str) -> dict[str, Any]:
+  """Copies params whose path exists in `workdir` (a run or shipped name) into a fresh state (EMA too).
+
+  Params only the new model has (adapters, LoRA, a resampler) keep their fresh init; a shared path
+  with a different shape is an error (the configs disagree).
+  """
+  _, source = load_params(workdir, devices=jax.devices()[:1])
+  source = shipped.flatten_params(source)
+  copied = []
+
+  def take(path, leaf):
+    key = "/".join(str(getattr(p, "key", p)) for p in path)
+    if key not in source:
+      return leaf
+    if source[key].shape != leaf.shape:
+      raise TrainError(f"init_from {workdir}: {key} has shape {source[key].shape} there but {leaf.shape} here; "
+                       f"the model configs must agree on shared params.")
+    copied.append(key)
+    return jax.device_put(source[key].astype(leaf.dtype), leaf.sharding)
+
+  state = dict(state)
+  for name in ("params", "ema"):
+    if name in state:
+      state[name] = jax.tree_util.tree_map_with_path(take, state[name])
+  if not copied:
+    raise TrainError(f"init_from {workdir}: no param path matches this model; is it the right workdir?")
+  return state
+
+
 def _flops_per_step(task: Task, config, compiled) -> float | None:
   per_example = task.flops_per_example()
   if per_example:
@@ -176,7 +207,12 @@ def _flops_per_step(task: Task, config, compiled) -> float | None:
 
 
 def load_params(workdir: str, devices: Sequence[jax.Device] | None = None, use_ema: bool = True) -> tuple[Any, Any]:
-  """Restores (config, params) from a workdir's latest checkpoint onto `devices` (default: all)."""
+  """Restores (config, params) from a workdir's latest checkpoint onto `devices` (default: all).
+
+  A shipped name ("shapestyle:base") returns its config and numpy params instead.
+  """
+  if shipped.is_shipped(workdir):
+    return shipped.load(workdir)
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise TrainError(f"{workdir} has no config.json; pass the workdir of a `stylejax train` run.")

@@ -1,0 +1,111 @@
+"""Rebuilds every shipped ShapeStyle model (package data) from scratch and measures it.
+
+  python launch/build_shapestyle.py                         # all parts, ~1.5 h on a 2-core CPU
+  python launch/build_shapestyle.py --parts base --eval     # retrain one part, re-measure everything
+
+Per part, in dependency order (the Muse base trains on the *shipped* tokenizer and CLIP):
+  1. `stylejax train --config configs/shapestyle.py:<part> --workdir ROOT/<part>` (resumes if killed)
+  2. export ROOT/<part> -> stylejax/assets/shapestyle/<part>.{safetensors,json}
+Then every exported part is measured with `stylejax.eval.shapestyle_eval` and its metrics go into its
+JSON record and launch/BUILD_SHAPESTYLE.md, with each part's training wall time (summed over resumed
+runs) and the machine it ran on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+ORDER = ("tokenizer", "clip", "base", "content", "style")
+COMMAND = "stylejax train --config configs/shapestyle.py:{part} --workdir {workdir}"
+
+
+def train(part: str, root: str, extra: list[str]) -> float:
+  """Runs the part's one training command; returns this call's wall seconds (also appended to a log)."""
+  workdir = os.path.join(root, part)
+  cmd = [sys.executable, "-m", "stylejax", "train", f"--config=configs/shapestyle.py:{part}",
+         f"--workdir={workdir}", *extra]
+  t0 = time.time()
+  subprocess.run(cmd, cwd=ROOT, check=True)
+  seconds = time.time() - t0
+  with open(os.path.join(root, "times.jsonl"), "a") as f:
+    f.write(json.dumps({"part": part, "seconds": seconds, "args": extra}) + "\n")
+  return seconds
+
+
+def wall_times(root: str) -> dict[str, float]:
+  out: dict[str, float] = {}
+  path = os.path.join(root, "times.jsonl")
+  if os.path.exists(path):
+    for line in open(path):
+      r = json.loads(line)
+      out[r["part"]] = out.get(r["part"], 0.0) + r["seconds"]
+  return out
+
+
+def fmt(m: dict) -> str:
+  lo, hi = m["ci95"]
+  if m["mean"] is None:
+    return "n/a"
+  ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
+  return f"{m['mean']:.3f}{ci} (n={m['n']})"
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--root", default="/tmp/shapestyle_build", help="workdirs of the training runs")
+  ap.add_argument("--parts", default=",".join(ORDER), help="comma list of parts to (re)train and export")
+  ap.add_argument("--eval", action="store_true", help="only measure the exported parts (no training)")
+  ap.add_argument("--quick", action="store_true", help="measure on ~4x fewer images")
+  args, extra = ap.parse_known_args()
+  from stylejax import shipped
+  from stylejax.eval import shapestyle_eval
+
+  os.makedirs(args.root, exist_ok=True)
+  parts = [p for p in ORDER if p in args.parts.split(",")]
+  if not args.eval:
+    for part in parts:
+      print(f"== {part}: training", flush=True)
+      train(part, args.root, extra)
+      shipped.export(os.path.join(args.root, part), part,
+                     command=COMMAND.format(part=part, workdir=f"/tmp/ss_{part}"))
+
+  import jax
+  from stylejax.models import scorers as scorers_lib
+  scorers = scorers_lib.scorers_from_workdirs()
+  times = wall_times(args.root)
+  lines = ["# ShapeStyle shipped models: build times and measured quality", "",
+           f"Built by `python launch/build_shapestyle.py` on {jax.devices()[0].device_kind} "
+           f"({os.cpu_count()} cores); wall time is the part's `stylejax train` time (summed if resumed).", ""]
+  total_mb = 0.0
+  for part in ORDER:
+    name = shipped.PREFIX + part
+    if name not in shipped.available():
+      continue
+    print(f"== {part}: measuring", flush=True)
+    result = shapestyle_eval.evaluate(name, scorers=scorers, quick=args.quick)
+    record = shipped.info(name)
+    record_metrics = {"measured": result["metrics"], "train_wall_s": times.get(part)}
+    shipped.record_metrics(name, record_metrics)
+    mb = os.path.getsize(os.path.join(shipped.ASSETS, part + ".safetensors")) / 2 ** 20
+    total_mb += mb
+    wall = f"{times[part] / 60:.1f} min" if part in times else "n/a"
+    lines += [f"## {name} — {shipped.PARTS[part]}", "",
+              f"`{record['command']}` · {record['num_params']:,} params · {mb:.1f} MB · train wall time {wall}", "",
+              "| metric | mean [95% CI] (n) |", "|---|---|"]
+    lines += [f"| {k} | {fmt(m)} |" for k, m in result["metrics"].items()]
+    lines.append("")
+  lines.append(f"Total package data: {total_mb:.1f} MB.")
+  with open(os.path.join(ROOT, "launch", "BUILD_SHAPESTYLE.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
+if __name__ == "__main__":
+  main()

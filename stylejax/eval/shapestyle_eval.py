@@ -1,0 +1,176 @@
+"""Quality checks of ShapeStyle models against the world's exact ground truth (`stylejax eval`).
+
+One function per kind of run, each returning {metric name: Metric} (metrics.py: mean, ci95, n):
+
+  tokenizer  content accuracy of reconstructions per head, style_fidelity(recon, original)
+  clip       zero-shot shape accuracy (prompt "a {shape}"-style captions of every shape), CLIP-T
+  content    classifier accuracy per head on test images in named, plain and held-out styles
+  style      style retrieval top-1 among 50 styles (one gallery image each, other contents)
+  muse       text_fidelity on held-out (content, style) prompts, plain and named; style_fidelity
+             of named-style prompts vs plain-prompt images to a true rendering in that style
+
+Test images come from the test split / held-out styles, never from the training streams.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from stylejax.data import shapestyle as ss
+from stylejax.eval import metrics as M
+
+HEADS = M.LABEL_HEADS
+
+
+def _examples(n: int, styles: list[ss.Style], seed: int, image_size: int = 64
+              ) -> tuple[np.ndarray, dict[str, np.ndarray], list[ss.Style]]:
+  """n test renders with random contents, styles cycled: (images [n, S, S, 3], labels, styles)."""
+  rng = np.random.default_rng([seed, 0xE7A1])
+  images, labels, used = [], {h: [] for h in HEADS}, []
+  for i in range(n):
+    content = ss.Content(int(rng.integers(len(ss.SHAPES))), int(rng.integers(len(ss.COLORS))),
+                         int(rng.integers(1, ss.MAX_COUNT + 1)))
+    style = styles[i % len(styles)]
+    images.append(ss.render(content, style, image_size, rng)[0])
+    for h in HEADS:
+      labels[h].append(getattr(content, h))
+    used.append(style)
+  return np.stack(images), {h: np.asarray(v) for h, v in labels.items()}, used
+
+
+def style_sets(num_heldout: int = 16) -> dict[str, list[ss.Style]]:
+  return {"named": list(ss.NAMED_STYLES), "plain": [ss.PLAIN_STYLE],
+          "heldout": [ss.heldout_style(k) for k in range(num_heldout)]}
+
+
+def _accuracy(pred: dict[str, np.ndarray], labels: dict[str, np.ndarray], prefix: str) -> dict[str, M.Metric]:
+  out = {f"{prefix}{h}_accuracy": M.rate_ci(pred[h] == labels[h]) for h in HEADS}
+  out[f"{prefix}all_accuracy"] = M.text_fidelity(pred, labels)
+  return out
+
+
+def content_classifier(scorers, num: int = 600, seed: int = 0) -> dict[str, M.Metric]:
+  out = {}
+  for name, styles in style_sets().items():
+    images, labels, _ = _examples(num // 3, styles, seed)
+    out.update(_accuracy(scorers.classify(images), labels, f"{name}/"))
+  return out
+
+
+def style_retrieval(scorers, num_styles: int = 50, queries_per_style: int = 4, seed: int = 0
+                    ) -> dict[str, M.Metric]:
+  """Top-1 retrieval: each query image must be nearest to the gallery image of its own style.
+
+  Styles: the 24 named + plain + held-out styles up to `num_styles`; query and gallery contents differ.
+  """
+  named = list(ss.NAMED_STYLES) + [ss.PLAIN_STYLE]
+  styles = (named + [ss.heldout_style(k, seed=7) for k in range(max(0, num_styles - len(named)))])[:num_styles]
+  gallery, _, _ = _examples(len(styles), styles, seed)
+  queries, _, used = _examples(len(styles) * queries_per_style, styles, seed + 1)
+  g, q = scorers.style_embed(gallery), scorers.style_embed(queries)
+  truth = np.arange(len(queries)) % len(styles)
+  hit = np.argmax(q @ g.T, axis=1) == truth
+  heldout = np.asarray([s.id >= ss.HELDOUT_ID_OFFSET for s in used])
+  return {f"retrieval_top1_{len(styles)}_styles": M.rate_ci(hit),
+          "retrieval_top1_heldout_queries": M.rate_ci(hit[heldout])}
+
+
+def tokenizer(image_tokenizer, scorers, num: int = 300, seed: int = 0) -> dict[str, M.Metric]:
+  out = {}
+  for name, styles in (("named", style_sets()["named"] + [ss.PLAIN_STYLE]), ("heldout", style_sets()["heldout"])):
+    images, labels, _ = _examples(num // 2, styles, seed, image_tokenizer.image_size)
+    recon = image_tokenizer.decode(image_tokenizer.encode(images))
+    out.update(_accuracy(scorers.classify(recon), labels, f"{name}/recon_"))
+    out[f"{name}/style_fidelity_recon"] = M.style_fidelity(scorers.style_embed(recon), scorers.style_embed(images))
+    out[f"{name}/l1"] = M.mean_ci(np.abs(recon.astype(np.float32) - images).mean((1, 2, 3)) / 255.0)
+  return out
+
+
+def clip_zero_shot(embedder, num: int = 600, seed: int = 0) -> dict[str, M.Metric]:
+  """Zero-shot shape accuracy: each image against the 9 content captions that keep its true color and
+  count and vary only the shape ("two red stars", "two red circles", ...); plus CLIP-T to its caption."""
+  out = {}
+  for name, styles in style_sets().items():
+    images, labels, used = _examples(num // 3, styles, seed)
+    img = embedder.embed_images(images)
+    captions = [ss.Content(k, int(c), int(n)).caption for c, n in zip(labels["color"], labels["count"])
+                for k in range(len(ss.SHAPES))]
+    txt = embedder.embed_texts(captions).reshape(len(images), len(ss.SHAPES), -1)
+    pred = np.argmax(np.einsum("nd,nkd->nk", img, txt), axis=1)
+    out[f"{name}/zero_shot_shape_accuracy"] = M.rate_ci(pred == labels["shape"])
+    true = [ss.caption_for(ss.Content(int(s), int(c), int(n)), st)
+            for s, c, n, st in zip(labels["shape"], labels["color"], labels["count"], used)]
+    out[f"{name}/clip_t_true_caption"] = M.clip_t(img, embedder.embed_texts(true))
+  return out
+
+
+def muse(pipe, scorers, prompts_per_set: int = 96, seed: int = 0, **sample_overrides: Any) -> dict[str, M.Metric]:
+  """Text-to-image quality on prompts held out of training (`ss.is_heldout_prompt`)."""
+  frac = float(pipe.config.data.get("heldout_prompts", 0.0)) or 0.1
+  rng = np.random.default_rng([seed, 0x3D5E])
+  out = {}
+  for name, styles in (("plain", [ss.PLAIN_STYLE]), ("named", list(ss.NAMED_STYLES))):
+    prompts, contents, chosen = [], [], []
+    while len(prompts) < prompts_per_set:
+      c = ss.Content(int(rng.integers(len(ss.SHAPES))), int(rng.integers(len(ss.COLORS))),
+                     int(rng.integers(1, ss.MAX_COUNT + 1)))
+      s = styles[int(rng.integers(len(styles)))]
+      if ss.is_heldout_prompt(c, s, frac):
+        prompts.append(ss.caption_for(c, s))
+        contents.append(c)
+        chosen.append(s)
+    images = np.concatenate([pipe.generate(prompts[i:i + 32], num=1, seed=seed + i, **sample_overrides)
+                             for i in range(0, len(prompts), 32)])
+    labels = {h: np.asarray([getattr(c, h) for c in contents]) for h in HEADS}
+    pred = scorers.classify(images)
+    out[f"{name}/text_fidelity"] = M.text_fidelity(pred, labels)
+    out.update({f"{name}/{h}_accuracy": m for h, m in M.text_fidelity_per_head(pred, labels).items()})
+    # style: cosine to a true rendering of the same prompt's style in another content.
+    refs = np.stack([ss.render(ss.Content((c.shape + 1) % len(ss.SHAPES), c.color, c.count),
+                               s if name == "named" else chosen[i], pipe.tokenizer.image_size,
+                               np.random.default_rng([seed, i]))[0] for i, (c, s) in enumerate(zip(contents, chosen))])
+    out[f"{name}/style_fidelity_to_prompt_style"] = M.style_fidelity(scorers.style_embed(images),
+                                                                      scorers.style_embed(refs))
+    if name == "plain":
+      plain_images = images
+  # plain-prompt images scored against the named styles: the baseline the named prompts must beat.
+  named_refs = np.stack([ss.render(ss.Content(0, 0, 1), s, pipe.tokenizer.image_size, np.random.default_rng(k))[0]
+                         for k, s in enumerate(ss.NAMED_STYLES)])
+  idx = np.arange(len(plain_images)) % len(ss.NAMED_STYLES)
+  out["plain/style_fidelity_to_named_styles"] = M.style_fidelity(scorers.style_embed(plain_images),
+                                                                  scorers.style_embed(named_refs)[idx])
+  return out
+
+
+def evaluate(workdir: str, scorers=None, seed: int = 0, quick: bool = False) -> dict[str, Any]:
+  """Dispatches on the run's task: {"kind": ..., "metrics": {name: Metric}}. `quick` shrinks n ~4x."""
+  from stylejax.models import clip_task, muse as muse_lib, scorers as scorers_lib, vqgan
+  from stylejax.models.parts import ClipEmbedder, ImageTokenizer
+  from stylejax.train import trainer
+  from stylejax.train.task import load_task
+  config, params = trainer.load_params(workdir, devices=None)
+  task = load_task(config)
+  params = trainer.params_to_numpy(params)
+  k = 4 if quick else 1
+
+  def need_scorers():
+    return scorers if scorers is not None else scorers_lib.scorers_from_workdirs()
+
+  if isinstance(task, scorers_lib.ContentClassifierTask):
+    s = scorers_lib.Scorers(content_config=config.model.to_dict(), content_params=params,
+                            image_size=int(config.data.image_size))
+    return {"kind": "content", "metrics": content_classifier(s, 600 // k, seed)}
+  if isinstance(task, scorers_lib.StyleEncoderTask):
+    s = scorers_lib.Scorers(style_config=config.model.to_dict(), style_params=params,
+                            image_size=int(config.data.image_size))
+    return {"kind": "style", "metrics": style_retrieval(s, 50, max(1, 4 // k), seed)}
+  if isinstance(task, vqgan.VQGANTask):
+    return {"kind": "tokenizer", "metrics": tokenizer(ImageTokenizer(task, params), need_scorers(), 300 // k, seed)}
+  if isinstance(task, clip_task.CLIPTask):
+    return {"kind": "clip", "metrics": clip_zero_shot(ClipEmbedder(task, params), 600 // k, seed)}
+  if isinstance(task, muse_lib.MuseTask):
+    from stylejax.models.muse_pipeline import MusePipeline
+    return {"kind": "muse", "metrics": muse(MusePipeline.load(workdir), need_scorers(), 96 // k, seed)}
+  raise ValueError(f"{workdir} is a {type(task).__name__} run; `stylejax eval` knows tokenizer, clip, "
+                   f"scorer, Muse and StyleDrop runs.")

@@ -1,0 +1,107 @@
+"""Shipped models ("shapestyle:<part>"): export -> load round trip, init_from, held-out prompts, eval."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from stylejax import config as config_lib
+from stylejax import shipped
+from stylejax.data import shapestyle as ss
+from stylejax.eval import shapestyle_eval
+from stylejax.models import scorers as scorers_lib
+from stylejax.train import trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train(spec, workdir, **overrides):
+  config = config_lib.load_config(os.path.join(REPO, spec), {"progress": "false", **overrides})
+  trainer.train(config, str(workdir), devices=None)
+  return str(workdir)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+  """Runlocal tokenizer + content scorer exported into a temporary assets folder."""
+  root = tmp_path_factory.mktemp("assets")
+  runs = {p: _train(f"configs/shapestyle.py:{p},runlocal", tmp_path_factory.mktemp(p)) for p in ("tokenizer", "content")}
+  for part, workdir in runs.items():
+    shipped.export(workdir, part, command=f"test {part}", root=str(root))
+  return str(root), runs
+
+
+def test_export_load_round_trip(assets, monkeypatch):
+  root, runs = assets
+  config, params = shipped.load("shapestyle:tokenizer", root)
+  _, want = trainer.load_params(runs["tokenizer"])
+  flat, flat_want = shipped.flatten_params(params), shipped.flatten_params(want)
+  assert flat.keys() == flat_want.keys()
+  for k in flat:
+    np.testing.assert_array_equal(flat[k], flat_want[k])
+  assert config.task == "stylejax.models.vqgan:VQGANTask"
+  record = shipped.info("shapestyle:tokenizer", root)
+  assert record["command"] == "test tokenizer" and record["num_params"] == sum(v.size for v in flat.values())
+  # anywhere a workdir goes, the shipped name works
+  monkeypatch.setattr(shipped, "ASSETS", root)
+  assert shipped.available() == ["shapestyle:tokenizer", "shapestyle:content"]
+  _, loaded = trainer.load_params("shapestyle:tokenizer")
+  np.testing.assert_array_equal(shipped.flatten_params(loaded)[k], flat_want[k])
+  shipped.record_metrics("shapestyle:tokenizer", {"x": 1.0})
+  assert json.load(open(os.path.join(root, "tokenizer.json")))["metrics"]["x"] == 1.0
+
+
+def test_unknown_and_missing_names_are_clear_errors(tmp_path):
+  with pytest.raises(shipped.ShippedError, match="unknown shipped model"):
+    shipped.load("shapestyle:nope", str(tmp_path))
+  with pytest.raises(shipped.ShippedError, match="build_shapestyle"):
+    shipped.load("shapestyle:base", str(tmp_path))
+
+
+def test_init_from_copies_shared_params_and_keeps_adapters_fresh(tmp_path):
+  base = _train("configs/muse.py:runlocal", tmp_path / "base")
+  tuned = _train("configs/muse.py:runlocal", tmp_path / "tuned", **{
+      "init_from.workdir": base, "model.adapters.kind": "styledrop", "optimizer.trainable": '["adapters"]',
+      "total_steps": "2"})
+  _, want = trainer.load_params(base)
+  _, got = trainer.load_params(tuned)
+  want, got = shipped.flatten_params(want), shipped.flatten_params(got)
+  adapter_keys = [k for k in got if "adapters" in k]
+  assert adapter_keys and all(k not in want for k in adapter_keys)
+  for k, v in want.items():  # frozen base: exactly the init_from params after training steps
+    np.testing.assert_array_equal(got[k], v)
+  assert any(np.abs(got[k]).sum() > 0 for k in adapter_keys if k.endswith("up") or "1" in k)
+
+
+def test_init_from_shape_mismatch_is_a_clear_error(tmp_path):
+  base = _train("configs/muse.py:runlocal", tmp_path / "base")
+  config = config_lib.load_config(os.path.join(REPO, "configs/muse.py:runlocal"),
+                                  {"progress": "false", "init_from.workdir": base, "model.width": "48"})
+  with pytest.raises(trainer.TrainError, match="configs must agree"):
+    trainer.train(config, str(tmp_path / "bad"), devices=None)
+
+
+def test_heldout_prompts_never_in_training_stream():
+  train = ss.ShapeStyleSource("train", image_size=32, heldout_prompts=0.2, num_examples=200)
+  held = ss.ShapeStyleSource("heldout_prompts", image_size=32, heldout_prompts=0.2, num_examples=50)
+  for src, want in ((train, False), (held, True)):
+    for i in range(0, len(src), 5):
+      content, style = ss.parse_caption(str(src[i]["caption"]))
+      sty = ss.get_style(style) if style else ss.PLAIN_STYLE
+      assert ss.is_heldout_prompt(content, sty, 0.2) == want
+  frac = np.mean([ss.is_heldout_prompt(c, s, 0.2) for c in ss.all_contents()
+                  for s in list(ss.NAMED_STYLES) + [ss.PLAIN_STYLE]])
+  assert 0.15 < frac < 0.25
+
+
+def test_eval_dispatches_on_the_run_kind(assets, monkeypatch):
+  root, runs = assets
+  monkeypatch.setattr(shipped, "ASSETS", root)
+  result = shapestyle_eval.evaluate("shapestyle:content", quick=True)
+  assert result["kind"] == "content"
+  m = result["metrics"]["heldout/all_accuracy"]
+  assert m["n"] == 50 and 0.0 <= m["mean"] <= 1.0
+  scorers = scorers_lib.scorers_from_workdirs(runs["content"], None)
+  with pytest.raises(ValueError, match="no style encoder"):
+    shapestyle_eval.evaluate("shapestyle:tokenizer", scorers=scorers, quick=True)
