@@ -16,11 +16,13 @@ from configs import common
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, runlocal=False, uncond="image_only")
+  if arg.uncond not in ("image_only", "null_prefix"):
+    raise ValueError(f"uncond={arg.uncond!r}; use image_only (StyleAR) or null_prefix (LlamaGen).")
   c = common.base_config(arg.runlocal)
   c.task = "stylejax.models.ar_t2i:ARImageTask"
   c.model = ml_collections.ConfigDict(dict(
       codebook_size=512, seq_len=64, text_dim=128, text_len=48, vocab_multiple=8,
-      # Llama decoder, 2.1M params; ~43 GFLOP per training step at batch 32 (flops_per_example)
+      # Llama decoder, 2.0M params; ~44 GFLOP per training step at batch 32 (flops_per_example)
       hidden=192, layers=4, heads=4, kv_heads=4, head_dim=48, mlp_dim=512, rope="1d", rope_theta=10000.0,
       rms_eps=1e-6, init_std=0.02,
       lora_rank=0, lora_targets=["q", "k", "v", "o", "down", "lm_head"]))
@@ -32,11 +34,12 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
                                           heldout_prompts=0.1))  # 10% of (content, style) never trained
   c.tokenizer, c.text_encoder = common.shapestyle_parts(arg.runlocal)
   c.image_encoder = ml_collections.ConfigDict(dict(workdir="", config=""))  # empty: the text encoder's CLIP
-  # Measured 2.1 steps/s (batch 32, one CPU device, 2 cores shared with another training run):
-  # 3000 steps in ~24 min. On an accelerator raise batch and steps.
-  c.total_steps = 3000
+  # Measured 1.15 steps/s (batch 32, one CPU device, 30 steps with random parts; the 2 cores were
+  # shared with 3 other jobs, load average ~6): 1800 steps in ~26 min there, less on a quieter
+  # machine. On an accelerator raise batch and steps.
+  c.total_steps = 1800
   c.batch_size = 32
-  c.optimizer.update(lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.05, warmup_steps=200)
+  c.optimizer.update(lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.05, warmup_steps=100)
   c.ema_decay = 0.999
   c.checkpoint.every = 500
   c.log_every = 50

@@ -58,9 +58,9 @@ def _clip(c: ml_collections.ConfigDict, runlocal: bool) -> None:
       image_size=64, seed=0, num_examples=1_000_000, styles="named+plain",
       plain_fraction=0.2,             # plain images: the "original" content look
       content_caption_fraction=0.25))  # styled images captioned by content alone
-  # Measured ~3 steps/s (batch 64, one CPU device, 2 idle cores): 3000 steps in ~17 min. In-batch
+  # Measured ~3 steps/s (batch 64, one CPU device, 2 idle cores): 2000 steps in ~11 min idle. In-batch
   # retrieval (chance 1/64) reached ~0.6 by step 300 in a trial run.
-  c.total_steps = 3000
+  c.total_steps = 2000
   c.batch_size = 64
   c.optimizer.lr = 1e-3
   c.optimizer.weight_decay = 0.05
@@ -87,7 +87,7 @@ def _scorer(c: ml_collections.ConfigDict, runlocal: bool, part: str) -> None:
       random_style_fraction=0.5,   # fresh random style per example -> unlimited styles
       include_plain=True))
   # ~1.8 steps/s measured on a busy 2-core CPU (content, batch 64).
-  c.total_steps = 2500 if part == "content" else 3000
+  c.total_steps = 1500 if part == "content" else 2000
   c.batch_size = 64
   c.optimizer.lr = 2e-3
   c.optimizer.weight_decay = 1e-4
@@ -110,7 +110,7 @@ def _base(c: ml_collections.ConfigDict, runlocal: bool) -> None:
   if not runlocal:
     # Sized for a 2-core CPU: 2.2M params, ~28 GFLOP per step at batch 32.
     c.model.update(width=192, depth=4, heads=4, mlp_dim=768)
-    c.total_steps = 4000
+    c.total_steps = 2500
     c.batch_size = 32
     c.optimizer.update(lr=1e-3, warmup_steps=200)
     c.ema_decay = 0.999

@@ -29,7 +29,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.style = ml_collections.ConfigDict(dict(
       num_tokens=16, feature_dim=128, feature_layer=-2,  # tiny CLIP vision width; penultimate states
       noise=0.1,  # sigma_train of the style-enhanced tokens (0 = off)
-      resampler=ml_collections.ConfigDict(dict(width=192, depth=2, heads=4, head_dim=48, ff_mult=4))))
+      # 0.4M params (LoRA: 39K); its output width is the decoder's hidden size
+      resampler=ml_collections.ConfigDict(dict(width=128, depth=2, heads=4, head_dim=32, ff_mult=4))))
   c.structure.enabled = arg.structure
   c.cond.uncond = "image_only"
   c.data = ml_collections.ConfigDict(dict(

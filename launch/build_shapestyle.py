@@ -63,6 +63,7 @@ def main() -> None:
   ap.add_argument("--parts", default=",".join(ORDER), help="comma list of parts to (re)train and export")
   ap.add_argument("--eval", action="store_true", help="only measure the exported parts (no training)")
   ap.add_argument("--quick", action="store_true", help="measure on ~4x fewer images")
+  ap.add_argument("--no-eval", dest="no_eval", action="store_true", help="train and export only")
   args, extra = ap.parse_known_args()
   from stylejax import shipped
   from stylejax.eval import shapestyle_eval
@@ -76,6 +77,8 @@ def main() -> None:
       shipped.export(os.path.join(args.root, part), part,
                      command=COMMAND.format(part=part, workdir=f"/tmp/ss_{part}"))
 
+  if args.no_eval:
+    return
   import jax
   from stylejax.models import scorers as scorers_lib
   scorers = scorers_lib.scorers_from_workdirs()

@@ -3,7 +3,7 @@
   stylejax train --config configs/toy.py:runlocal --workdir /tmp/run [--config.optimizer.lr=1e-3]
   stylejax sample --workdir DIR --prompt TEXT [--style-image PATH | --style-code N] --out FILE.png
   stylejax eval --workdir DIR [--out FILE.json]
-  stylejax demo [--workdir DIR]
+  stylejax demo [--out DIR] [--style_image PNG --descriptor TEXT] [--steps N] [--workdir BASE]
   stylejax convert --from FORMAT --src PATH --out DIR
 
 Bad input ends in one line on stderr and a non-zero exit, never a traceback.
@@ -51,6 +51,8 @@ def _flag_values(command: str) -> flags.FlagValues:
       flags.DEFINE_integer("steps", None, "decode steps (default: the run's config.sample)", flag_values=fv)
       flags.DEFINE_float("guidance_scale", None, "CFG scale (default: the run's config.sample)", flag_values=fv)
       flags.DEFINE_string("guidance", None, "guidance mode: none, cfg, styledrop, mix", flag_values=fv)
+      flags.DEFINE_float("style_guidance", None, "StyleDrop λA (style)", flag_values=fv)
+      flags.DEFINE_float("content_guidance", None, "StyleDrop λB (content, CFG on the base)", flag_values=fv)
     if command == "demo":
       flags.DEFINE_string("style_image", None, "your own style reference image", flag_values=fv)
       flags.DEFINE_string("descriptor", None, "style descriptor for --style_image", flag_values=fv)
@@ -90,6 +92,13 @@ def _train(fv, overrides) -> int:
   from stylejax import parallel
   config = config_lib.load_config(fv.config, overrides)
   parallel.maybe_initialize_distributed(fv.coordinator, fv.num_processes, fv.process_id)
+  if config.get("method"):  # a paper recipe that runs several trainings (e.g. StyleDrop's rounds)
+    from stylejax.train.task import import_object
+    result = import_object(config.method, "config.method")(config, fv.workdir)
+    print(f"{config.method.rsplit(':', 1)[-1]} in {fv.workdir}: {result['status']}"
+          + (f"; open {result['contact_sheet']}, export the selection, rerun with "
+             f"--config.styledrop.selection_file=FILE" if result.get("contact_sheet") else ""))
+    return 0
   from stylejax.train import trainer
   summary = trainer.train(config, fv.workdir)
   status = summary["status"]
@@ -106,30 +115,56 @@ def _train(fv, overrides) -> int:
 def _sample(fv) -> int:
   if not fv.workdir or fv.prompt is None or not fv.out:
     raise UsageError("sample needs --workdir DIR --prompt TEXT --out FILE.png.")
-  if fv.style_image or fv.style_code is not None:
-    raise UsageError("--style_image/--style_code need a StyleDrop, StyleAR or CoTyle workdir; "
-                     "this run samples from its prompt only.")
   if not fv.out.lower().endswith(".png"):
     raise UsageError(f"--out {fv.out!r} must be a .png file.")
   from stylejax.eval import report
-  from stylejax.models.muse_pipeline import MusePipeline
-  pipe = MusePipeline.load(fv.workdir)
-  images = pipe.generate([fv.prompt], num=fv.num, seed=fv.seed, negative_prompt=fv.negative_prompt,
-                         num_steps=fv.steps, scale=fv.guidance_scale, mode=fv.guidance)
+  from stylejax.methods import styledrop
+  kw = dict(num_steps=fv.steps, negative_prompt=fv.negative_prompt, scale=fv.guidance_scale)
+  if styledrop.is_styledrop_workdir(fv.workdir):
+    if fv.style_image or fv.style_code is not None:
+      raise UsageError("a StyleDrop workdir carries its style; drop --style_image/--style_code.")
+    images = styledrop.load(fv.workdir).generate([fv.prompt], fv.num, fv.seed, style_guidance=fv.style_guidance,
+                                                 content_guidance=fv.content_guidance, guidance=fv.guidance, **kw)
+  else:
+    if fv.style_image or fv.style_code is not None:
+      raise UsageError("--style_image/--style_code need a StyleAR or CoTyle workdir; this run samples from its "
+                       "prompt only.")
+    from stylejax.models.muse_pipeline import MusePipeline
+    images = MusePipeline.load(fv.workdir).generate([fv.prompt], num=fv.num, seed=fv.seed, mode=fv.guidance,
+                                                     lambda_a=fv.style_guidance, lambda_b=fv.content_guidance, **kw)
   report.save_png(images[0] if len(images) == 1 else report.grid(images), fv.out)
   print(f"wrote {len(images)} image(s) of {fv.prompt!r} to {fv.out}")
   return 0
 
 
-def _not_yet(command: str, what: str) -> int:
-  raise UsageError(f"`stylejax {command}` is not available yet for {what}: it lands with the issue that builds it.")
+def _eval(fv) -> int:
+  if not fv.workdir:
+    raise UsageError("eval needs --workdir DIR (a run, a StyleDrop workdir, or a shipped model like shapestyle:base).")
+  import json
+  from stylejax.methods import styledrop
+  if styledrop.is_styledrop_workdir(fv.workdir):
+    result = {"kind": "styledrop", "metrics": styledrop.evaluate_workdir(fv.workdir, seed=fv.seed)}
+  else:
+    from stylejax.eval import shapestyle_eval
+    result = shapestyle_eval.evaluate(fv.workdir, seed=fv.seed)
+  for name, m in result["metrics"].items():
+    lo, hi = m["ci95"]
+    ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
+    print(f"{name:<44} {m['mean']:.3f}{ci} n={m['n']}" if m["mean"] is not None else f"{name:<44} n/a")
+  if fv.out:
+    with open(fv.out, "w") as f:
+      json.dump(result, f, indent=1)
+    print(f"wrote {fv.out}")
+  return 0
 
 
-def _demo(fv, overrides) -> int:
-  print("stylejax demo will: load the embedded ShapeStyle base model, take a bundled held-out-style reference image,\n"
-        "tune a StyleDrop adapter (round 1), pick its best samples automatically, tune round 2, and write\n"
-        "grid.png, metrics.json and report.html to --workdir.")
-  raise UsageError("the demo is not built yet (it arrives with the StyleDrop issue); run `stylejax train` meanwhile.")
+def _demo(fv) -> int:
+  from stylejax.methods import styledrop
+  if fv.steps is not None and fv.steps <= 0:
+    raise UsageError(f"--steps={fv.steps}; tune for at least one step per round.")
+  styledrop.demo(out=fv.out or "stylejax_demo", base=fv.workdir or "shapestyle:base", style_image=fv.style_image or "",
+                 descriptor=fv.descriptor or "", steps=fv.steps, seed=fv.seed)
+  return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,10 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     if command == "train":
       return _train(fv, overrides)
     if command == "demo":
-      return _demo(fv, overrides)
+      return _demo(fv)
     if command == "sample":
       return _sample(fv)
-    return _not_yet(command, f"workdir {fv.workdir!r}")
+    if command == "eval":
+      return _eval(fv)
+    raise UsageError("`stylejax convert` is not available yet: it lands with the issue that builds it.")
   except Exception as e:  # noqa: BLE001 - the known user-facing errors below, re-raised otherwise
     if not _is_user_error(e):
       raise
@@ -171,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_user_error(e: Exception) -> bool:
   from stylejax import config as config_lib  # light import: no jax
-  names = {"ParallelError", "TrainError", "ImageError", "PipelineError"}
+  names = {"ParallelError", "TrainError", "ImageError", "PipelineError", "StyleDropError", "ShippedError",
+           "SelectionError"}
   return isinstance(e, (UsageError, config_lib.ConfigError)) or type(e).__name__ in names
 
 

@@ -105,3 +105,20 @@ def test_eval_dispatches_on_the_run_kind(assets, monkeypatch):
   scorers = scorers_lib.scorers_from_workdirs(runs["content"], None)
   with pytest.raises(ValueError, match="no style encoder"):
     shapestyle_eval.evaluate("shapestyle:tokenizer", scorers=scorers, quick=True)
+
+
+@pytest.mark.parametrize("part", ["tokenizer", "clip", "content", "style", "base"])
+def test_shipped_part_reproduces_its_recorded_quality(part):
+  """The package's own weights, measured again on a small sample, agree with what they recorded."""
+  name = shipped.PREFIX + part
+  assert name in shipped.available(), f"{name} is missing from the package; run launch/build_shapestyle.py"
+  recorded = shipped.info(name)["metrics"]["measured"]
+  got = shapestyle_eval.evaluate(name, quick=True)["metrics"]
+  assert set(got) == set(recorded)
+  for key, m in got.items():
+    want = recorded[key]
+    if want["mean"] is None:
+      continue
+    lo, hi = want["ci95"]
+    slack = max(0.08, 2.0 * (hi - lo)) if lo is not None else 0.08
+    assert abs(m["mean"] - want["mean"]) <= slack, (key, m, want)

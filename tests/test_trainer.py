@@ -148,6 +148,8 @@ def test_every_config_trains_two_steps_at_runlocal(tmp_path):
   assert configs
   for path in configs:
     cfg = config_lib.load_config(path + ":runlocal")
+    if cfg.get("method"):  # a multi-training recipe (StyleDrop's rounds): run end to end in its own test
+      continue
     summary = run(cfg, tmp_path / os.path.basename(path), max_steps=2)
     assert summary["final_step"] == 2, path
     assert np.isfinite(summary["last_metrics"]["loss"]), path

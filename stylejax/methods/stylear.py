@@ -187,6 +187,9 @@ class StyleARDPOTask(StyleARTask):
   def source(self, split: str = "train"):
     return DPOPairs(self.config.dpo.pairs)
 
+  def flops_per_example(self) -> float:
+    return 2.0 * super().flops_per_example()  # chosen and rejected sequences
+
   def loss(self, params, batch, rng):
     b = batch["chosen_ids"].shape[0]
     two = lambda x: jnp.concatenate([x, x], axis=0)
@@ -253,7 +256,9 @@ def evaluate(workdir: str | ARImagePipeline, scorers: Any, num_styles: int = 10,
   for k, style in enumerate(styles):
     content = random_content(np.random.default_rng([seed, k, 0x5EF]))
     image, plain = reference(content, style, size, [seed, k, 0x5EE])
-    refs.append(image), plains.append(plain), ref_contents.append(content)
+    refs.append(image)
+    plains.append(plain)
+    ref_contents.append(content)
   prompt_of = {(k, j): random_content(np.random.default_rng([seed, k, j, 0x9A]), ref_contents[k].shape)
                for k in range(num_styles) for j in range(prompts_per_style)}
   jobs = protocol.jobs()
@@ -271,9 +276,7 @@ def evaluate(workdir: str | ARImagePipeline, scorers: Any, num_styles: int = 10,
   scores = sample_scores(scorers, images, contents, np.stack(refs)[si], [ref_contents[i].shape for i in si])
   per_image = {"text_fidelity": scores["text"], "style_fidelity": scores["style"], "content_leakage": scores["leakage"]}
   if clip:
-    from stylejax.models.parts import ClipEmbedder
-    text = pipe.task.text_encoder
-    embedder = ClipEmbedder(text.task, text.params)
+    embedder = pipe.task.clip_embedder
     img = embedder.embed_images(images)
     per_image["clip_t"] = M.cosine(img, embedder.embed_texts([c.caption for c in contents]))
     per_image["clip_i"] = M.cosine(img, embedder.embed_images(np.stack(refs))[si])

@@ -61,11 +61,6 @@ class PipelineError(ValueError):
   """Bad input to an AR image pipeline; the message says what to fix (the CLI prints it as one line)."""
 
 
-def sample_config(**overrides: Any) -> ml_collections.ConfigDict:
-  """`config.sample` of AR image runs: CFG, sampling knobs and the style-token inference settings."""
-  return ml_collections.ConfigDict({**SAMPLE_DEFAULTS, **overrides})
-
-
 def mask_to_image(mask: Any) -> np.ndarray:
   """Shape masks [B, S, S] ({0, 1} or bool) -> [B, S, S, 3] uint8, white shapes on black: the
   structure image the VQ tokenizer reads."""
@@ -83,12 +78,40 @@ class CLIPVisionFeatures:
     model, self.params = text_encoder.model, text_encoder.params
     vision = model.config.vision
     self.dim, self.num_tokens = int(vision.hidden_size), int(vision.num_patches) + 1
-    self._fn = jax.jit(lambda p, x: model.apply({"params": p}, clip.preprocess_images(to_unit_range(x), vision.image_size),
-                                                layer, method=clip.CLIPModel.encode_image_hidden))
+    pixels = lambda x: clip.preprocess_images(to_unit_range(x), vision.image_size)
+    self._fn = jax.jit(lambda p, x: model.apply({"params": p}, pixels(x), layer,
+                                                method=clip.CLIPModel.encode_image_hidden))
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     return np.asarray(self._fn(self.params, jnp.asarray(images)), np.float32)
 
+
+def style_tokens(resampler: PerceiverResampler, params: Any, feats: jax.Array, content_feats: jax.Array | None = None,
+                 rng: jax.Array | None = None, noise: Any = 0.0, subtraction_scale: Any = 0.8,
+                 subtraction_blend: Any = 0.8) -> jax.Array:
+  """StyleAR style tokens [B, Q, D] = resampler(features [B, N, Dv]) (params: the resampler's).
+
+  content_feats [B, N, Dv] (optional; StyleAR's patch-level content subtraction, REFERENCE §4):
+    t = (1 - blend) R(f_style) + blend R(f_style - scale f_content)   (reference: 0.2 / 0.8, 0.8).
+  Then "style-enhanced tokens": t + noise * N(0, 1) (sigma 0.1 training, 0.3 inference). rng: one
+  key, or [B] keys (row b's noise depends on its key only). No rng: no noise.
+  """
+  resample = lambda f: resampler.apply({"params": params}, f)
+  t = resample(feats)
+  if content_feats is not None:
+    blend = jnp.asarray(subtraction_blend, t.dtype)
+    t = (1 - blend) * t + blend * resample(feats - jnp.asarray(subtraction_scale, feats.dtype) * content_feats)
+  if rng is not None:
+    if rng.ndim == 0:
+      eps = jax.random.normal(rng, t.shape, t.dtype)
+    else:
+      eps = jax.vmap(lambda k: jax.random.normal(k, t.shape[1:], t.dtype))(rng)
+    t = t + jnp.asarray(noise, t.dtype) * eps
+  return t
+
+
+# One compiled program per resampler config, shared by every pipeline (e.g. the ablation variants).
+_style_tokens_jit = jax.jit(style_tokens, static_argnums=0)
 
 _PARTS: dict[tuple, Any] = {}
 
@@ -183,10 +206,18 @@ class ARImageTask(Task):
     if not (spec.get("workdir") or spec.get("config")):
       spec = self.config.text_encoder
     clip_part = _cached_part("text", spec, load_text_encoder)
-    feats = _cached_part(f"vision{self.feature_layer}", spec, lambda _: CLIPVisionFeatures(clip_part, self.feature_layer))
+    feats = _cached_part(f"vision{self.feature_layer}", spec,
+                         lambda _: CLIPVisionFeatures(clip_part, self.feature_layer))
     if feats.dim != self.feature_dim:
       raise ValueError(f"the image encoder gives {feats.dim}-wide features; set style.feature_dim={feats.dim}.")
     return feats
+
+  @property
+  def clip_embedder(self):
+    """CLIP image/text embeddings of the text encoder's CLIP (for CLIP-T / CLIP-I)."""
+    from stylejax.models.parts import ClipEmbedder
+    text = self.text_encoder
+    return _cached_part("clip_embedder", self.config.text_encoder, lambda _: ClipEmbedder(text.task, text.params))
 
   # ------------------------------------------------------------------------------------- model
   @property
@@ -217,25 +248,9 @@ class ARImageTask(Task):
   def style_tokens(self, params: Any, feats: jax.Array, content_feats: jax.Array | None = None,
                    rng: jax.Array | None = None, noise: Any = 0.0, subtraction_scale: Any = 0.8,
                    subtraction_blend: Any = 0.8) -> jax.Array:
-    """Style tokens [B, Q, hidden] from style-image features [B, N, Dv].
-
-    content_feats [B, N, Dv] (optional; StyleAR's patch-level content subtraction, REFERENCE §4):
-      t = (1 - blend) R(f_style) + blend R(f_style - scale f_content)   (reference: 0.2 / 0.8, 0.8).
-    Then "style-enhanced tokens": t + noise * N(0, 1) (sigma 0.1 training, 0.3 inference). rng: one
-    key, or [B] keys (row b's noise depends on its key only). No rng: no noise.
-    """
-    resample = lambda f: self.resampler.apply({"params": params["resampler"]}, f)
-    t = resample(feats)
-    if content_feats is not None:
-      blend = jnp.asarray(subtraction_blend, t.dtype)
-      t = (1 - blend) * t + blend * resample(feats - jnp.asarray(subtraction_scale, feats.dtype) * content_feats)
-    if rng is not None:
-      if rng.ndim == 0:
-        eps = jax.random.normal(rng, t.shape, t.dtype)
-      else:
-        eps = jax.vmap(lambda k: jax.random.normal(k, t.shape[1:], t.dtype))(rng)
-      t = t + jnp.asarray(noise, t.dtype) * eps
-    return t
+    """Style tokens [B, Q, hidden] from style-image features [B, N, Dv]; see `style_tokens`."""
+    return style_tokens(self.resampler, params["resampler"], feats, content_feats, rng, noise, subtraction_scale,
+                        subtraction_blend)
 
   def sequence_inputs(self, params: Any, text_emb: Any, text_mask: Any, struct_ids: Any = None,
                       style_vectors: Any = None, drop: Any = None, image_ids: Any = None) -> ar_sample.Prompt:
@@ -437,9 +452,6 @@ class ARImagePipeline:
       raise PipelineError(f"{workdir} is a {type(task).__name__} run; this pipeline samples AR image runs.")
     return cls(config, task, params)
 
-  def __post_init__(self):
-    self._style_fn = jax.jit(self.task.style_tokens)
-
   @property
   def has_style(self) -> bool:
     return self.task.num_style > 0
@@ -519,9 +531,10 @@ class ARImagePipeline:
                               "style); pass content_images or set content_subtraction=False.")
         content_feats = task.image_features(as_images(content_images, "content image", b))
       noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
-      vectors = self._style_fn(params, jnp.asarray(feats), None if content_feats is None else jnp.asarray(content_feats),
-                               noise_keys, float(style_cfg["noise"]), float(style_cfg["subtraction_scale"]),
-                               float(style_cfg["subtraction_blend"]))
+      content_feats = None if content_feats is None else jnp.asarray(content_feats)
+      vectors = _style_tokens_jit(task.resampler, params["resampler"], jnp.asarray(feats), content_feats, noise_keys,
+                                  float(style_cfg["noise"]), float(style_cfg["subtraction_scale"]),
+                                  float(style_cfg["subtraction_blend"]))
     elif style_images is not None:
       raise PipelineError("this run has no style tokens (a text-to-image base); drop the style image or sample a "
                           "StyleAR run.")

@@ -513,7 +513,8 @@ class _ShapeStyleCaptions:
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     ex = self.source[index]
-    out = {"image": ex["image"], "label": np.int32(content_class(ex["shape"], ex["color"], ex["count"]))}
+    label = content_class(ex["shape"], ex["color"], ex["count"]) if "shape" in ex else 0
+    out = {"image": ex["image"], "label": np.int32(label)}
     if self.tokenize is not None:
       ids, mask = self.tokenize([str(ex["caption"])])
       out.update(caption_ids=ids[0], caption_mask=mask[0])
@@ -531,6 +532,7 @@ class MuseTask(Task):
     (image_size, styles, plain_fraction, heldout_prompts, num_examples, seed): images tokenized by the frozen
     `config.tokenizer` part, captions embedded by the frozen `config.text_encoder` part (muse),
     class = content class (maskgit). Parts are {workdir, config} (see `trainer.load_part`).
+    name="image_captions" (path to a `data.finetune` .npz, num_examples, augment, seed): fine-tuning.
   Batches: {"ids" [B, L], "label" [B]} (maskgit) or {"ids", "text_emb" [B, T, Dt], optional
   "text_mask" [B, T]} (muse).
   """
@@ -598,8 +600,15 @@ class MuseTask(Task):
                                  plain_fraction=d.get("plain_fraction", None),
                                  heldout_prompts=d.get("heldout_prompts", 0.0))
       return _ShapeStyleCaptions(base, self.text_encoder.tokenize if c.layout != "maskgit" else None)
+    if name == "image_captions":  # a small fine-tuning set (StyleDrop); text-conditioned only
+      if c.layout == "maskgit":
+        raise ValueError("data.name='image_captions' needs a text-conditioned (muse) model.")
+      from stylejax.data.finetune import ImageCaptionSource
+      base = ImageCaptionSource(d.path, d.num_examples, d.get("seed", 0), d.get("augment", "flip,shift"),
+                                d.get("image_size"))
+      return _ShapeStyleCaptions(base, self.text_encoder.tokenize)
     if name != "synthetic_tokens":
-      raise ValueError(f"data.name={name!r}; MuseTask knows 'synthetic_tokens' and 'shapestyle'.")
+      raise ValueError(f"data.name={name!r}; MuseTask knows 'synthetic_tokens', 'shapestyle' and 'image_captions'.")
     seed = d.get("seed", 0) + (0 if split == "train" else 1)
     num_classes = c.num_classes if c.layout == "maskgit" else d.get("num_classes", 10)
     text_dim = c.text_dim if c.layout != "maskgit" else 0

@@ -48,9 +48,9 @@ class MusePipeline:
     task = load_task(config)
     if not isinstance(task, MuseTask):
       raise PipelineError(f"{workdir} is a {type(task).__name__} run; this pipeline samples MuseTask runs.")
-    if config.data.get("name") != "shapestyle":
+    if not config.get("tokenizer"):
       raise PipelineError(f"{workdir} was trained on {config.data.get('name')!r} tokens with no image tokenizer; "
-                          f"sampling to images needs a run with data.name='shapestyle'.")
+                          f"sampling to images needs a run on images (data.name='shapestyle' or 'image_captions').")
     text = task.text_encoder if task.model_config.layout != "maskgit" else None
     return cls(config, task.model, params, task.image_tokenizer, text)
 

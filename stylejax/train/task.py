@@ -62,14 +62,17 @@ class Task(abc.ABC):
     return None
 
 
-def load_task(config: ml_collections.ConfigDict) -> Task:
-  """Imports `config.task` ("package.module:ClassName") and builds it."""
-  path = config.task
+def import_object(path: str, what: str = "config.task") -> Any:
+  """"package.module:Name" -> the object."""
   module_name, _, attr = path.partition(":")
   if not attr:
-    raise ValueError(f"config.task={path!r} must look like 'package.module:ClassName'.")
+    raise ValueError(f"{what}={path!r} must look like 'package.module:Name'.")
   try:
-    cls = getattr(importlib.import_module(module_name), attr)
+    return getattr(importlib.import_module(module_name), attr)
   except (ImportError, AttributeError) as e:
-    raise ValueError(f"config.task={path!r} cannot be imported ({e}); check the config.") from e
-  return cls(config)
+    raise ValueError(f"{what}={path!r} cannot be imported ({e}); check the config.") from e
+
+
+def load_task(config: ml_collections.ConfigDict) -> Task:
+  """Imports `config.task` ("package.module:ClassName") and builds it."""
+  return import_object(config.task)(config)

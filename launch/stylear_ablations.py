@@ -1,0 +1,196 @@
+"""StyleAR must-show ablations on ShapeStyle: trains each variant from one AR base and writes a table.
+
+Variants (each a configs/stylear.py run initialised from --base, same steps and data seed):
+  stylear        style-enhanced tokens on (sigma 0.1 train / 0.3 infer), mix 1:3      (the recipe)
+  no_noise       style-enhanced tokens off (sigma 0 / 0)
+  stylized_only  mix 1:0
+  mix_1_30       mix 1:30
+  stylear_dpo    `stylear` + DPO post-training on pairs from its own samples ranked by the scorers
+Each is scored with `stylear.evaluate` (held-out styles x prompts of another shape x samples):
+text_fidelity, style_fidelity, content_leakage, clip_t, clip_i as mean [95% CI].
+
+  python launch/stylear_ablations.py --base /tmp/ar --out /tmp/stylear_ablations --steps 2000
+  python launch/stylear_ablations.py --runlocal --out /tmp/abl        # seconds: random parts and base
+
+Writes OUT/ablations.md (the table), OUT/ablations.json (all metrics) and one workdir per variant
+under OUT (re-running resumes / skips finished trainings; OUT/.jax_cache keeps compiled programs).
+Runlocal takes ~1 min on 2 busy CPU cores, mostly the trainer's per-variant init + step compiles.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METRICS = ("text_fidelity", "style_fidelity", "content_leakage", "clip_t", "clip_i")
+# name -> (config overrides, evaluation overrides)
+VARIANTS: dict[str, tuple[dict[str, str], dict[str, Any]]] = {
+    "stylear": ({}, {}),
+    "no_noise": ({"style.noise": "0.0"}, {"noise": 0.0}),
+    "stylized_only": ({"data.mix": "1:0"}, {}),
+    "mix_1_30": ({"data.mix": "1:30"}, {}),
+}
+DPO = "stylear_dpo"
+LABELS = {
+    "stylear": "StyleAR (noise 0.1/0.3, mix 1:3)",
+    "no_noise": "no style-enhanced tokens",
+    "stylized_only": "stylized only (1:0)",
+    "mix_1_30": "mix 1:30",
+    DPO: "StyleAR + DPO",
+}
+
+
+def random_scorers(image_size: int = 32, seed: int = 0):
+  """Untrained tiny scorers (runlocal smoke runs only): numpy-random params, no compile."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from stylejax.models import scorers as S
+  cfg = dict(widths=[8, 16], hidden=16, embed_dim=8)
+  rng = np.random.default_rng(seed)
+
+  def params(model):
+    shapes = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, image_size, image_size, 3),
+                                                                                    jnp.uint8))["params"])
+    return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32) * 0.3, shapes)
+
+  return S.Scorers(content_config=cfg, content_params=params(S.content_classifier(cfg)), style_config=cfg,
+                   style_params=params(S.style_encoder(cfg)), image_size=image_size)
+
+
+def _fmt(m: dict[str, Any] | None) -> str:
+  if not m or m.get("mean") is None:
+    return "–"
+  lo, hi = m["ci95"]
+  ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
+  return f"{m['mean']:.3f}{ci}"
+
+
+def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
+  ns = {k: next((r[k]["n"] for r in results.values() if k in r), 0) for k in METRICS}
+  head = ["variant"] + [f"{k} (n={ns[k]})" for k in METRICS]
+  lines = [f"StyleAR ablations on ShapeStyle: {args.steps} steps per variant from base "
+           f"{args.base or '(random)'}; eval {args.num_styles} held-out styles x {args.prompts_per_style} "
+           f"prompts x {args.samples} samples, seed {args.seed}. Mean [95% CI]; text_fidelity / "
+           f"content_leakage are rates (Wilson), the rest cosines (normal).", "",
+           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for name, r in results.items():
+    lines.append("| " + " | ".join([LABELS.get(name, name)] + [_fmt(r.get(k)) for k in METRICS]) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def _train(spec: str, workdir: str, overrides: dict[str, str]):
+  """Trains (or resumes / skips) one variant; returns its sampling pipeline (from the final state
+  when this call trained, so nothing is rebuilt or restored)."""
+  from stylejax import config as config_lib
+  from stylejax.methods import stylear
+  from stylejax.models.ar_t2i import ARImagePipeline
+  from stylejax.train import trainer
+  from stylejax.train.task import load_task
+  config = config_lib.load_config(os.path.join(REPO, spec), {"progress": "false", **overrides})
+  summary = trainer.train(config, workdir)
+  if "state" not in summary:
+    return stylear.load(workdir)
+  state = summary["state"]
+  return ARImagePipeline(config, load_task(config), state.get("ema", state["params"]))
+
+
+def main(argv: list[str] | None = None) -> str:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--base", default="", help="AR base workdir (configs/ar.py run) or shipped name; '' = random")
+  p.add_argument("--out", required=True, help="output directory (table, JSON, variant workdirs)")
+  p.add_argument("--steps", type=int, default=None, help="training steps per variant (default: the config's)")
+  p.add_argument("--dpo-steps", type=int, default=None, help="DPO steps (default: the dpo config's)")
+  p.add_argument("--runlocal", action="store_true", help="tiny configs, random parts and scorers: seconds")
+  p.add_argument("--scorers", default="", help="scorers .safetensors (default: the shipped scorers)")
+  p.add_argument("--num-styles", dest="num_styles", type=int, default=10)
+  p.add_argument("--prompts-per-style", dest="prompts_per_style", type=int, default=20)
+  p.add_argument("--samples", type=int, default=4)
+  p.add_argument("--dpo-prompts", dest="dpo_prompts", type=int, default=None)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--variants", default=",".join(list(VARIANTS) + [DPO]),
+                 help="comma-separated subset of " + ", ".join(list(VARIANTS) + [DPO]))
+  args = p.parse_args(argv)
+  wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+  unknown = sorted(set(wanted) - set(VARIANTS) - {DPO})
+  if unknown:
+    p.error(f"unknown variants {unknown}")
+  if args.runlocal:
+    args.steps = args.steps or 2
+    args.dpo_steps = args.dpo_steps or 2
+    args.num_styles, args.prompts_per_style, args.samples = min(args.num_styles, 2), min(args.prompts_per_style, 2), 1
+    args.dpo_prompts = args.dpo_prompts or 4
+
+  from stylejax.methods import stylear
+  from stylejax.models import scorers as scorers_lib
+  if args.scorers:
+    scorers = scorers_lib.load_scorers(args.scorers)
+  elif args.runlocal:
+    scorers = random_scorers()
+  else:
+    scorers = scorers_lib.scorers_from_workdirs()
+  suffix = ":runlocal" if args.runlocal else ""
+  common = {"init_from.workdir": args.base}
+  if args.steps:
+    common["total_steps"] = str(args.steps)
+  eval_kw = dict(num_styles=args.num_styles, prompts_per_style=args.prompts_per_style, samples=args.samples,
+                 seed=args.seed, batch_size=8 if args.runlocal else 32)
+  os.makedirs(args.out, exist_ok=True)
+  results: dict[str, dict[str, Any]] = {}
+  pipes = {}
+  needs_recipe = DPO in wanted and "stylear" not in wanted
+  for name in [v for v in VARIANTS if v in wanted or (needs_recipe and v == "stylear")]:
+    overrides, eval_overrides = VARIANTS[name]
+    pipes[name] = _train("configs/stylear.py" + suffix, os.path.join(args.out, name), {**common, **overrides})
+    if name in wanted:
+      results[name] = stylear.evaluate(pipes[name], scorers, **eval_kw, **eval_overrides)
+      print(f"{name}: " + ", ".join(f"{k} {_fmt(results[name].get(k))}" for k in METRICS), flush=True)
+  if DPO in wanted:
+    from stylejax import config as config_lib
+    recipe, pairs = os.path.join(args.out, "stylear"), os.path.join(args.out, "dpo_pairs.npz")
+    dpo_spec = "configs/stylear.py:dpo" + (",runlocal" if args.runlocal else "")
+    d = config_lib.load_config(os.path.join(REPO, dpo_spec)).dpo
+    info = stylear.build_dpo_pairs(pipes["stylear"], scorers, pairs, num_prompts=args.dpo_prompts or d.num_prompts,
+                                   samples_per_prompt=d.samples_per_prompt, seed=args.seed,
+                                   weights=d.score_weights.to_dict(), batch_size=eval_kw["batch_size"])
+    print(f"DPO pairs: {info}", flush=True)
+    overrides = {"init_from.workdir": recipe, "dpo.pairs": pairs}
+    if args.dpo_steps:
+      overrides["total_steps"] = str(args.dpo_steps)
+    pipe = _train(dpo_spec, os.path.join(args.out, DPO), overrides)
+    results[DPO] = stylear.evaluate(pipe, scorers, **eval_kw)
+  text = table(results, args)
+  with open(os.path.join(args.out, "ablations.md"), "w") as f:
+    f.write(text)
+  with open(os.path.join(args.out, "ablations.json"), "w") as f:
+    json.dump({"args": vars(args), "results": results}, f, indent=2)
+  print(text)
+  return text
+
+
+def use_compile_cache(directory: str) -> None:
+  """Variants share most programs (same shapes; the mix variants differ only in data), so a
+  persistent XLA compilation cache turns their repeated compiles into hits (runlocal: ~2x faster).
+  Set before the first compile of the process, so only the script entry point does it."""
+  import jax
+  jax.config.update("jax_compilation_cache_dir", os.path.abspath(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+if __name__ == "__main__":
+  _out = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--out=")), None)
+  if _out is None and "--out" in sys.argv[:-1]:
+    _out = sys.argv[sys.argv.index("--out") + 1]
+  if _out:
+    use_compile_cache(os.path.join(_out, ".jax_cache"))
+  main()

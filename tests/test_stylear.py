@@ -1,0 +1,195 @@
+"""StyleAR recipe: only LoRA + resampler train, style-token noise and content subtraction, the
+structure prefix, the data mix, DPO wiring, and generate / evaluate / DPO pairs on a runlocal run."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from stylejax import checkpoint as ckpt_lib
+from stylejax.methods import stylear
+from stylejax.models import ar_t2i
+from stylejax.sample import autoregressive as ar_sample
+from stylejax.train import optim, trainer
+from stylejax.train.task import load_task
+from test_ar_t2i import load, random_task_params
+
+SPEC = "configs/stylear.py:runlocal,structure"
+
+
+def _random_scorers():
+  import importlib.util
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch", "stylear_ablations.py")
+  spec = importlib.util.spec_from_file_location("stylear_ablations", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.random_scorers(32)
+
+
+def _cond(task, b, seed=0, structure=False):
+  rng = np.random.default_rng(seed)
+  out = {"text_emb": jnp.asarray(rng.normal(size=(b, task.text_len, task.text_dim)), jnp.float32),
+         "text_mask": jnp.asarray(np.arange(task.text_len) < 6)[None].repeat(b, 0),
+         "style_feats": jnp.asarray(rng.normal(size=(b, 5, task.feature_dim)), jnp.float32)}
+  if structure:
+    out["struct_ids"] = jnp.asarray(rng.integers(0, task.codebook_size, (b, task.seq_len)), jnp.int32)
+  return out
+
+
+def test_structure_prefix_and_style_slots_in_the_sequence():
+  task = load_task(load(SPEC))
+  params = random_task_params(task)
+  k, q, l = task.codebook_size, task.num_style, task.seq_len
+  c = _cond(task, 2, structure=True)
+  vec = jnp.ones((2, q, task.lm.hidden))
+  ids = jnp.arange(2 * 3).reshape(2, 3) % k
+  p = task.sequence_inputs(params, c["text_emb"], c["text_mask"], c["struct_ids"], vec, jnp.asarray([False, True]), ids)
+  tok = np.asarray(p.tokens)
+  assert tok.shape == (2, q + 1 + l + 1 + 3) and task.context_len == q + 1 + l + 1
+  assert (tok[:, :q] == k + ar_t2i.STYLE).all() and (tok[:, q] == k + ar_t2i.STRUCT).all()
+  np.testing.assert_array_equal(tok[:, q + 1:q + 1 + l], c["struct_ids"])
+  assert (tok[:, q + 1 + l] == k + ar_t2i.BOI).all()
+  np.testing.assert_array_equal(tok[:, -3:], ids)
+  np.testing.assert_array_equal(np.asarray(p.override[0])[0], np.arange(tok.shape[1]) < q)  # style slots only
+  # row 1 takes the image-only unconditional context: text, style and structure all padding
+  mask = np.asarray(p.mask)
+  assert mask[0].all() and not mask[1, :q + 1 + l].any() and mask[1, q + 1 + l:].all()
+  np.testing.assert_array_equal(p.prefix_mask[0], c["text_mask"][0])
+  assert not np.asarray(p.prefix_mask[1]).any()
+
+
+def test_style_token_noise_and_content_subtraction_formula():
+  task = load_task(load(SPEC))
+  params = random_task_params(task)
+  c = _cond(task, 3)
+  f, cf = c["style_feats"], c["style_feats"][::-1]
+  resample = lambda x: task.resampler.apply({"params": params["resampler"]}, x)
+  fn = jax.jit(task.style_tokens)
+  t = fn(params, f)
+  np.testing.assert_allclose(t, resample(f), atol=1e-5)
+  # REFERENCE §4: 0.2 R(f_style) + 0.8 R(f_style - 0.8 f_content)
+  np.testing.assert_allclose(fn(params, f, cf), 0.2 * resample(f) + 0.8 * resample(f - 0.8 * cf), atol=1e-5)
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(3))
+  np.testing.assert_allclose(fn(params, f, None, keys, 0.0), t, atol=1e-6)  # sigma 0: off
+  noisy = np.asarray(fn(params, f, None, keys, 0.3))
+  eps = (noisy - np.asarray(t)) / 0.3
+  assert abs(eps.std() - 1.0) < 0.15 and abs(eps.mean()) < 0.1
+  # row b's noise depends on its key only
+  np.testing.assert_allclose(fn(params, f[:1], None, keys[:1], 0.3), noisy[:1], atol=1e-5)
+
+  # training: with no condition dropout, only the sigma_train noise makes the loss depend on the rng
+  batch = {**c, "ids": jnp.zeros((3, task.seq_len), jnp.int32)}
+  t2 = load_task(load("configs/stylear.py:runlocal", **{"style.noise": 0.5, "cond.dropout": 0.0}))
+  assert t2.train_noise == 0.5 and load_task(load("configs/stylear.py:runlocal")).train_noise == 0.1
+  loss = jax.jit(t2.loss)
+  a, b_ = (float(loss(params, batch, jax.random.key(s))[0]) for s in (1, 2))
+  assert abs(a - b_) > 1e-6
+
+
+def test_training_mix_of_stylized_and_original_pairs():
+  tokenize = lambda texts: (np.zeros((len(texts), 4), np.int32), np.ones((len(texts), 4), np.int32))
+  frac = lambda mix: np.mean([stylear.StyleARPairs(tokenize, image_size=32, mix=mix, num_examples=400)[i]["stylized"]
+                              for i in range(400)])
+  assert 0.18 < frac("1:3") < 0.32 and frac("1:0") == 1.0 and frac("1:30") < 0.08
+  src = stylear.StyleARPairs(tokenize, image_size=32, mix="1:0", random_style_fraction=1.0, structure=True)
+  ex = src[5]
+  assert ex["image"].shape == (32, 32, 3) and ex["shape_mask"].shape == (32, 32)
+  np.testing.assert_array_equal(ex["image"], src[5]["image"])  # deterministic
+  with pytest.raises(ValueError, match="mix"):
+    stylear.parse_mix("3")
+  with pytest.raises(ValueError, match="mix"):
+    stylear.parse_mix("0:0")
+
+
+def test_dpo_loss_starts_at_log2_and_decreases_on_a_hand_case():
+  task = load_task(load("configs/stylear.py:dpo,runlocal"))
+  params = random_task_params(task, std=0.05)
+  rng = np.random.default_rng(3)
+  b = 4
+  batch = {**_cond(task, b, 1), "chosen_ids": jnp.asarray(rng.integers(0, task.codebook_size, (b, task.seq_len))),
+           "rejected_ids": jnp.asarray(rng.integers(0, task.codebook_size, (b, task.seq_len)))}
+  logps = jax.jit(task.sequence_logprobs)
+  ref_c, ref_r = logps(params, batch, batch["chosen_ids"]), logps(params, batch, batch["rejected_ids"])
+  batch.update(ref_chosen_logp=ref_c, ref_rejected_logp=ref_r)
+  mask = optim.trainable_mask(params, task.config.optimizer)
+  assert any(jax.tree.leaves(mask)) and not mask["lm"]["embed"]["embedding"] and mask["resampler"]["proj_in"]["kernel"]
+  tx = optax.adam(1e-2)
+  opt = tx.init(params)
+
+  @jax.jit
+  def step(params, opt):
+    (loss, aux), grads = jax.value_and_grad(task.loss, has_aux=True)(params, batch, jax.random.key(0))
+    grads = jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g), grads, mask)  # base frozen
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, updates), opt, loss, aux
+
+  first = None
+  for _ in range(8):
+    params, opt, loss, aux = step(params, opt)
+    first = float(loss) if first is None else first
+  np.testing.assert_allclose(first, np.log(2.0), atol=1e-5)  # policy == reference at the start
+  final, aux = jax.jit(task.loss)(params, batch, jax.random.key(0))
+  assert float(final) < first - 0.1 and float(aux["reward_accuracy"]) == 1.0
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("stylear"))
+  # no warmup: step 1 moves LoRA B (A's gradient is 0 while B is 0), step 2 moves A too
+  config = load(SPEC, progress="false", total_steps=2, **{"checkpoint.every": 1, "optimizer.warmup_steps": 0})
+  summary = trainer.train(config, workdir, devices=jax.devices()[:1])  # one device: quicker compiles
+  assert summary["final_step"] == 2
+  return workdir, summary
+
+
+def test_only_lora_and_resampler_change(run):
+  workdir, summary = run
+  after = jax.device_get(summary["state"]["params"])
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
+  state, _ = ckpt.restore(summary["state"], step=1, with_data=False)
+  ckpt.close()
+  before = jax.device_get(state["params"])
+  changed = {optim.path_str(p): bool(np.any(np.asarray(a) != np.asarray(b)))
+             for (p, a), b in zip(jax.tree_util.tree_leaves_with_path(after), jax.tree.leaves(before))}
+  trained = {k for k in changed if k.startswith("resampler/") or k.endswith(("lora_a", "lora_b"))}
+  assert any(k.endswith("lora_a") for k in trained) and any(k.startswith("resampler/") for k in trained)
+  assert all(changed[k] for k in trained), [k for k in trained if not changed[k]]
+  frozen_but_changed = [k for k in changed if k not in trained and changed[k]]
+  assert not frozen_but_changed and len(changed) > len(trained)
+
+
+def test_generate_evaluate_and_dpo_pairs(run, tmp_path):
+  workdir, summary = run
+  config = load(SPEC)
+  pipe = ar_t2i.ARImagePipeline(config, load_task(config), summary["state"]["params"])  # as stylear.load(workdir)
+  ref = np.random.default_rng(0).integers(0, 256, (45, 45, 3), dtype=np.uint8)  # any size
+  before = ar_sample.trace_count()
+  images = stylear.generate(pipe, ["two red stars", "one blue circle"], ref, num=2, seed=1)
+  assert images.shape == (4, 32, 32, 3) and images.dtype == np.uint8
+  np.testing.assert_array_equal(images, stylear.generate(pipe, ["two red stars", "one blue circle"], ref / 255.0,
+                                                         num=2, seed=1))
+  with pytest.raises(ar_t2i.PipelineError, match="style image"):
+    stylear.generate(pipe, ["two red stars"], None)
+  with pytest.raises(ar_t2i.PipelineError, match="content image"):
+    stylear.generate(pipe, ["two red stars"], ref, content_subtraction=True)
+
+  scorers = _random_scorers()
+  metrics = stylear.evaluate(pipe, scorers, num_styles=2, prompts_per_style=2, samples=1, batch_size=4)
+  assert set(metrics) == {"text_fidelity", "style_fidelity", "content_leakage", "clip_t", "clip_i"}
+  assert all(m["n"] == 4 and m["mean"] is not None and len(m["ci95"]) == 2 for m in metrics.values())
+  assert 0.0 <= metrics["content_leakage"]["mean"] <= 1.0
+  assert ar_sample.trace_count() - before == 1  # generate and evaluate share one compiled loop
+
+  path = str(tmp_path / "pairs.npz")
+  info = stylear.build_dpo_pairs(pipe, scorers, path, num_prompts=2, samples_per_prompt=2, batch_size=4)
+  assert info["pairs"] == 2 and os.path.exists(path)
+  config = load("configs/stylear.py:dpo,runlocal,structure", **{"dpo.pairs": path})
+  task = load_task(config)
+  source = task.source()
+  batch = task.prepare_batch({k: np.stack([source[i][k] for i in range(len(source))]) for k in source[0]})
+  assert {"struct_ids", "chosen_ids", "rejected_ids", "ref_chosen_logp", "style_feats", "text_emb"} <= set(batch)
+  # the stored reference log-probs are this run's: the DPO loss at its params is log 2
+  loss, _ = jax.jit(task.loss)(pipe.params, batch, jax.random.key(0))
+  np.testing.assert_allclose(float(loss), np.log(2.0), atol=1e-4)

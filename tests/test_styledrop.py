@@ -1,0 +1,195 @@
+"""StyleDrop end to end at runlocal size: two rounds with clip / scorer / human feedback, the selection
+file, sampling, eval, the demo's outputs, resuming, and bad inputs."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import stylejax
+from stylejax import config as config_lib
+from stylejax import parallel
+from stylejax.methods import styledrop
+from stylejax.models import scorers as S
+from stylejax.train import trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNLOCAL = "configs/styledrop.py:runlocal"
+TINY = dict(widths=[8, 16], hidden=16, embed_dim=8)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("base"))
+  config = config_lib.load_config(os.path.join(REPO, "configs/muse.py:runlocal"), {"progress": "false"})
+  trainer.train(config, workdir, devices=None)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def scorers():
+  x = np.zeros((1, 32, 32, 3), np.float32)
+  cp = parallel.unbox(jax.jit(S.content_classifier(TINY).init)(jax.random.key(0), x)["params"])
+  sp = parallel.unbox(jax.jit(S.style_encoder(TINY).init)(jax.random.key(1), x)["params"])
+  return S.Scorers(content_config=dict(TINY), content_params=cp, style_config=dict(TINY), style_params=sp,
+                   image_size=32)
+
+
+@pytest.fixture(scope="module")
+def clip_run(base, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("sd_clip"))
+  sd = styledrop.tune(base, None, "", rounds=2, selection="clip", workdir=workdir, config=RUNLOCAL, progress=False)
+  return workdir, sd
+
+
+def _copy_round1(src: str, dst: str) -> str:
+  """A workdir that finished round 1 and its candidates (so a test trains only round 2)."""
+  os.makedirs(dst)
+  for name in ("round1", "candidates_round1"):
+    shutil.copytree(os.path.join(src, name), os.path.join(dst, name))
+  manifest = json.load(open(os.path.join(src, styledrop.MANIFEST)))
+  manifest.update(final_round=1, selected={})
+  json.dump(manifest, open(os.path.join(dst, styledrop.MANIFEST), "w"))
+  return dst
+
+
+def test_two_rounds_with_clip_feedback(clip_run):
+  workdir, sd = clip_run
+  manifest = json.load(open(os.path.join(workdir, styledrop.MANIFEST)))
+  assert manifest["status"] == "done" and manifest["final_round"] == 2
+  selected = manifest["selected"]["round1"]
+  assert 1 <= len(selected) <= 3  # at most one per feedback prompt
+  images = np.load(os.path.join(workdir, "data_round2.npz"))["images"]
+  assert images.shape == (1 + len(selected), 32, 32, 3)
+  cands = styledrop.Candidates.load(os.path.join(workdir, "candidates_round1", "candidates.npz"))
+  for i, cid in enumerate(selected, start=1):
+    np.testing.assert_array_equal(images[i], cands.images[cands.ids.index(cid)])
+  # adapters only: saved separately, < 1% of the model's params
+  from safetensors.numpy import load_file
+  adapters = load_file(os.path.join(workdir, "round2", "adapters.safetensors"))
+  n_adapter = sum(v.size for v in adapters.values())
+  _, full = trainer.load_params(os.path.join(workdir, "round2"))
+  n_all = sum(v.size for v in jax.tree.leaves(full))
+  assert all(k.startswith("adapters/") for k in adapters) and 0 < n_adapter
+  assert sd.descriptor == styledrop.bundled_reference()[1]["descriptor"]
+  out = sd.generate(["two red stars"], num=2, seed=0, style_guidance=1.0, content_guidance=2.0)
+  assert out.shape == (2, 32, 32, 3) and out.dtype == np.uint8
+  again = stylejax.load(workdir).generate(["two red stars"], num=2, seed=0, style_guidance=1.0, content_guidance=2.0)
+  np.testing.assert_array_equal(out, again)
+  assert n_adapter < n_all  # runlocal models are tiny; the real ratio is measured in the README
+
+
+def test_human_selection_waits_then_uses_the_selection_file(clip_run, base, tmp_path):
+  workdir = _copy_round1(clip_run[0], str(tmp_path / "sd"))
+  config = config_lib.load_config(os.path.join(REPO, RUNLOCAL), {"progress": "false"})
+  config.unlock()
+  config.styledrop.update(base=base, selection="human")
+  result = styledrop.run(config, workdir)
+  assert result["status"] == "awaiting_selection" and os.path.exists(result["contact_sheet"])
+  html = open(result["contact_sheet"]).read()
+  assert html.count('type="checkbox"') == 6  # 3 prompts x 2 candidates
+  selection = tmp_path / "selection.json"
+  selection.write_text(json.dumps({"selected": ["c004", "c001"]}))
+  config.styledrop.selection_file = str(selection)
+  result = styledrop.run(config, workdir)
+  assert result["status"] == "done" and result["selected"]["round1"] == ["c001", "c004"]
+  assert np.load(os.path.join(workdir, "data_round2.npz"))["images"].shape[0] == 3
+
+
+def test_scorer_selection_keeps_only_correct_content(clip_run, scorers):
+  cands = styledrop.Candidates.load(os.path.join(clip_run[0], "candidates_round1", "candidates.npz"))
+  ref = cands.images[0]
+  chosen = styledrop.select_scorer(cands, ref, scorers)
+  pred = scorers.classify(cands.images)
+  from stylejax.data import shapestyle as ss
+  for i in chosen:
+    want = ss.parse_caption(cands.contents[i])[0]
+    assert (pred["shape"][i], pred["color"][i], pred["count"][i]) == (want.shape, want.color, want.count)
+  # a hand case: the best style among correct candidates wins, an incorrect one never does
+  class Fake:
+    def classify(self, images):
+      n = len(images)
+      return {"shape": np.asarray([0, 0, 1][:n]), "color": np.zeros(n, int), "count": np.ones(n, int)}
+
+    def style_embed(self, images):
+      return np.asarray([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])[:len(images)] if len(images) == 3 else np.asarray([[0.0, 1.0]])
+  fake = styledrop.Candidates(np.zeros((3, 4, 4, 3), np.uint8), ["c0", "c1", "c2"], ["one red circle"] * 3,
+                              np.zeros(3, int))
+  # candidate 2 is closest in style but its shape is wrong; candidate 1 is the best correct one
+  assert styledrop.select_scorer(fake, np.zeros((4, 4, 3), np.uint8), Fake()) == [1]
+
+
+def test_clip_selection_best_of_n_with_style_filter():
+  class FakeClip:
+    def embed_images(self, images):
+      if len(images) == 1:  # the reference
+        return np.asarray([[0.0, 1.0]])
+      return np.asarray([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]])
+
+    def embed_texts(self, texts):
+      return np.tile([[1.0, 0.0]], (len(texts), 1))
+  cands = styledrop.Candidates(np.zeros((4, 4, 4, 3), np.uint8), ["a", "b", "c", "d"], ["x"] * 4, np.asarray([0, 0, 1, 1]))
+  ref = np.zeros((4, 4, 3), np.uint8)
+  # no filter: best CLIP-T per prompt -> 0 and 2
+  assert styledrop.select_clip(cands, ref, FakeClip(), style_filter=False) == [0, 2]
+  # style filter keeps CLIP-I >= mean (0.6): b (0.6), c (0.8), d (1.0) -> best text per prompt: 1 and 2
+  assert styledrop.select_clip(cands, ref, FakeClip(), style_filter=True) == [1, 2]
+
+
+def test_resume_skips_finished_rounds(clip_run, base):
+  workdir = clip_run[0]
+  stamp = os.path.getmtime(os.path.join(workdir, "round2", "adapters.safetensors"))
+  config = config_lib.load_config(os.path.join(REPO, RUNLOCAL), {"progress": "false"})
+  config.unlock()
+  config.styledrop.base = base
+  assert styledrop.run(config, workdir)["status"] == "done"
+  assert os.path.getmtime(os.path.join(workdir, "round2", "adapters.safetensors")) == stamp
+
+
+def test_demo_writes_grid_metrics_and_report(clip_run, base, scorers, tmp_path):
+  out = tmp_path / "demo"
+  shutil.copytree(clip_run[0], out / "styledrop")  # finished tuning: the demo resumes it
+  result = styledrop.demo(str(out), base=base, config=RUNLOCAL, scorers=scorers, num_prompts=2, samples=2,
+                          progress=False)
+  grid = np.asarray(Image.open(out / "grid.png"))
+  assert grid.shape[0] > 3 * 32 and grid.shape[1] > 3 * 32
+  metrics = json.load(open(out / "metrics.json"))["metrics"]
+  assert set(metrics) == {"base", "round1", "round2"}
+  for m in metrics.values():
+    for name in ("text_fidelity", "style_fidelity", "content_leakage", "clip_t", "clip_i", "style_fidelity_ceiling"):
+      assert m[name]["n"] == 4 and len(m[name]["ci95"]) == 2
+  html = open(out / "report.html").read()
+  assert "text_fidelity" in html and "<svg" in html
+  assert result["seconds"] > 0
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, "-m", "stylejax", *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_cli_sample_eval_and_bad_inputs(clip_run, base, tmp_path):
+  workdir = clip_run[0]
+  png = tmp_path / "x.png"
+  r = _cli("sample", f"--workdir={workdir}", "--prompt=two red stars", "--num=2", f"--out={png}",
+           "--style_guidance=1.5")
+  assert r.returncode == 0, r.stderr
+  assert np.asarray(Image.open(png)).ndim == 3
+  bad = tmp_path / "bad.png"
+  bad.write_bytes(b"not an image at all")
+  cases = [
+      (["--config.styledrop.style_image=" + str(tmp_path / "missing.png"), "--config.styledrop.descriptor=x"], "missing"),
+      (["--config.styledrop.style_image=" + str(bad), "--config.styledrop.descriptor=x"], "bad.png"),
+      (["--config.styledrop.style_image=" + str(bad.with_name("x.txt")), "--config.styledrop.descriptor=x"], "x.txt"),
+      (["--config.styledrop.descriptor= "], "descriptor is empty"),
+      (["--config.styledrop.steps=[0, 3]"], "must be positive"),
+  ]
+  bad.with_name("x.txt").write_text("hello")
+  for extra, needle in cases:
+    r = _cli("train", f"--config={RUNLOCAL}", f"--workdir={tmp_path / 'w'}", f"--config.styledrop.base={base}", *extra)
+    assert r.returncode == 2, (extra, r.stderr)
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
