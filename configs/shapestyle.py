@@ -4,6 +4,9 @@
   stylejax train --config configs/shapestyle.py:clip --workdir /tmp/ss_clip            # tiny CLIP (CLIP-T/-I, text tower)
   stylejax train --config configs/shapestyle.py:content --workdir /tmp/ss_content      # content classifier (scorer)
   stylejax train --config configs/shapestyle.py:style --workdir /tmp/ss_style          # style encoder (scorer)
+  stylejax train --config configs/shapestyle.py:base --workdir /tmp/ss_base            # text-to-image Muse
+  stylejax train --config configs/shapestyle.py:ar --workdir /tmp/ss_ar                # text-to-image AR
+  python launch/build_shapestyle.py      # all of them in order, exported as package data + measured
   stylejax train --config configs/shapestyle.py:clip,runlocal --workdir /tmp/s         # any part: seconds, 32x32
 
 Parts:
@@ -13,7 +16,8 @@ Parts:
     the shipped caption BPE (`stylejax/assets/shapestyle_bpe.json`).
   * `content`, `style`: the eval scorers (`stylejax.models.scorers`); export with
     `scorers_from_workdirs` + `save_scorers`.
-  * `muse`: the base text-to-image Muse (added with the Muse recipe; see `_PARTS`).
+  * `base`: the text-to-image Muse base (configs/muse.py sized for a CPU) on the shipped tokenizer + CLIP.
+  * `ar`: the text-to-image AR base (configs/ar.py) StyleAR tunes, on the same parts.
 
 Full `tokenizer` and `clip` are sized to train on a 2-core CPU in about 20 minutes each (speeds measured
 with `stylejax train` on one CPU device are noted per part); the scorers take longer. On an accelerator
@@ -87,7 +91,7 @@ def _scorer(c: ml_collections.ConfigDict, runlocal: bool, part: str) -> None:
       random_style_fraction=0.5,   # fresh random style per example -> unlimited styles
       include_plain=True))
   # ~1.8 steps/s measured on a busy 2-core CPU (content, batch 64).
-  c.total_steps = 1500 if part == "content" else 2000
+  c.total_steps = 1500 if part == "content" else 1200
   c.batch_size = 64
   c.optimizer.lr = 2e-3
   c.optimizer.weight_decay = 1e-4
@@ -117,12 +121,19 @@ def _base(c: ml_collections.ConfigDict, runlocal: bool) -> None:
     c.checkpoint.every = 500
 
 
+def _ar(c: ml_collections.ConfigDict, runlocal: bool) -> None:
+  """The shipped text-to-image AR base (what StyleAR tunes): configs/ar.py on the shipped parts."""
+  from configs import ar
+  c.update(ar.get_config("runlocal" if runlocal else None))
+
+
 _PARTS = {
     "tokenizer": _tokenizer,
     "clip": _clip,
     "content": lambda c, runlocal: _scorer(c, runlocal, "content"),
     "style": lambda c, runlocal: _scorer(c, runlocal, "style"),
     "base": _base,
+    "ar": _ar,
 }
 
 

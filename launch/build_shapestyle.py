@@ -22,7 +22,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-ORDER = ("tokenizer", "clip", "base", "content", "style")
+ORDER = ("tokenizer", "clip", "base", "content", "style", "ar")
 COMMAND = "stylejax train --config configs/shapestyle.py:{part} --workdir {workdir}"
 
 

@@ -125,6 +125,14 @@ def _sample(fv) -> int:
       raise UsageError("a StyleDrop workdir carries its style; drop --style_image/--style_code.")
     images = styledrop.load(fv.workdir).generate([fv.prompt], fv.num, fv.seed, style_guidance=fv.style_guidance,
                                                  content_guidance=fv.content_guidance, guidance=fv.guidance, **kw)
+  elif _task_of(fv.workdir).startswith("stylejax.models.ar_t2i:") or _task_of(fv.workdir).startswith("stylejax.methods.stylear:"):
+    from stylejax.methods import stylear
+    style = None
+    if fv.style_image:
+      from stylejax.data.images import load_image
+      style = load_image(fv.style_image, 64)
+    images = stylear.generate(fv.workdir, [fv.prompt], style, num=fv.num, seed=fv.seed,
+                              **({"cfg_scale": fv.guidance_scale} if fv.guidance_scale is not None else {}))
   else:
     if fv.style_image or fv.style_code is not None:
       raise UsageError("--style_image/--style_code need a StyleAR or CoTyle workdir; this run samples from its "
@@ -137,6 +145,21 @@ def _sample(fv) -> int:
   return 0
 
 
+def _task_of(workdir: str) -> str:
+  """The `config.task` of a workdir or shipped name ("" if it has none), without loading weights."""
+  import json
+  import os
+  from stylejax import shipped
+  if shipped.is_shipped(workdir):
+    return shipped.info(workdir)["config"].get("task", "")
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise UsageError(f"{workdir} is not a workdir (no config.json) nor a shipped model "
+                     f"({', '.join(shipped.PREFIX + p for p in shipped.PARTS)}).")
+  with open(path) as f:
+    return json.load(f).get("task", "")
+
+
 def _eval(fv) -> int:
   if not fv.workdir:
     raise UsageError("eval needs --workdir DIR (a run, a StyleDrop workdir, or a shipped model like shapestyle:base).")
@@ -144,6 +167,10 @@ def _eval(fv) -> int:
   from stylejax.methods import styledrop
   if styledrop.is_styledrop_workdir(fv.workdir):
     result = {"kind": "styledrop", "metrics": styledrop.evaluate_workdir(fv.workdir, seed=fv.seed)}
+  elif _task_of(fv.workdir).startswith("stylejax.methods.stylear:"):
+    from stylejax.methods import stylear
+    from stylejax.models.scorers import scorers_from_workdirs
+    result = {"kind": "stylear", "metrics": stylear.evaluate(fv.workdir, scorers_from_workdirs(), seed=fv.seed)}
   else:
     from stylejax.eval import shapestyle_eval
     result = shapestyle_eval.evaluate(fv.workdir, seed=fv.seed)

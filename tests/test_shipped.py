@@ -59,8 +59,13 @@ def test_unknown_and_missing_names_are_clear_errors(tmp_path):
     shipped.load("shapestyle:base", str(tmp_path))
 
 
-def test_init_from_copies_shared_params_and_keeps_adapters_fresh(tmp_path):
-  base = _train("configs/muse.py:runlocal", tmp_path / "base")
+@pytest.fixture(scope="module")
+def muse_base(tmp_path_factory):
+  return _train("configs/muse.py:runlocal", tmp_path_factory.mktemp("base"))
+
+
+def test_init_from_copies_shared_params_and_keeps_adapters_fresh(muse_base, tmp_path):
+  base = muse_base
   tuned = _train("configs/muse.py:runlocal", tmp_path / "tuned", **{
       "init_from.workdir": base, "model.adapters.kind": "styledrop", "optimizer.trainable": '["adapters"]',
       "total_steps": "2"})
@@ -74,8 +79,8 @@ def test_init_from_copies_shared_params_and_keeps_adapters_fresh(tmp_path):
   assert any(np.abs(got[k]).sum() > 0 for k in adapter_keys if k.endswith("up") or "1" in k)
 
 
-def test_init_from_shape_mismatch_is_a_clear_error(tmp_path):
-  base = _train("configs/muse.py:runlocal", tmp_path / "base")
+def test_init_from_shape_mismatch_is_a_clear_error(muse_base, tmp_path):
+  base = muse_base
   config = config_lib.load_config(os.path.join(REPO, "configs/muse.py:runlocal"),
                                   {"progress": "false", "init_from.workdir": base, "model.width": "48"})
   with pytest.raises(trainer.TrainError, match="configs must agree"):

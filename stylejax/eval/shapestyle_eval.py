@@ -6,7 +6,7 @@ One function per kind of run, each returning {metric name: Metric} (metrics.py: 
   clip       zero-shot shape accuracy (prompt "a {shape}"-style captions of every shape), CLIP-T
   content    classifier accuracy per head on test images in named, plain and held-out styles
   style      style retrieval top-1 among 50 styles (one gallery image each, other contents)
-  muse       text_fidelity on held-out (content, style) prompts, plain and named; style_fidelity
+  muse, ar   text_fidelity on held-out (content, style) prompts, plain and named; style_fidelity
              of named-style prompts vs plain-prompt images to a true rendering in that style
 
 Test images come from the test split / held-out styles, never from the training streams.
@@ -105,9 +105,13 @@ def clip_zero_shot(embedder, num: int = 600, seed: int = 0) -> dict[str, M.Metri
   return out
 
 
-def muse(pipe, scorers, prompts_per_set: int = 96, seed: int = 0, **sample_overrides: Any) -> dict[str, M.Metric]:
-  """Text-to-image quality on prompts held out of training (`ss.is_heldout_prompt`)."""
-  frac = float(pipe.config.data.get("heldout_prompts", 0.0)) or 0.1
+def text_to_image(generate, image_size: int, heldout_fraction: float, scorers, prompts_per_set: int = 96,
+                  seed: int = 0) -> dict[str, M.Metric]:
+  """Text-to-image quality (Muse or AR base) on prompts held out of training (`ss.is_heldout_prompt`).
+
+  generate(prompts, num, seed) -> uint8 images.
+  """
+  frac = heldout_fraction or 0.1
   rng = np.random.default_rng([seed, 0x3D5E])
   out = {}
   for name, styles in (("plain", [ss.PLAIN_STYLE]), ("named", list(ss.NAMED_STYLES))):
@@ -120,7 +124,7 @@ def muse(pipe, scorers, prompts_per_set: int = 96, seed: int = 0, **sample_overr
         prompts.append(ss.caption_for(c, s))
         contents.append(c)
         chosen.append(s)
-    images = np.concatenate([pipe.generate(prompts[i:i + 32], num=1, seed=seed + i, **sample_overrides)
+    images = np.concatenate([generate(prompts[i:i + 32], 1, seed + i)
                              for i in range(0, len(prompts), 32)])
     labels = {h: np.asarray([getattr(c, h) for c in contents]) for h in HEADS}
     pred = scorers.classify(images)
@@ -128,14 +132,14 @@ def muse(pipe, scorers, prompts_per_set: int = 96, seed: int = 0, **sample_overr
     out.update({f"{name}/{h}_accuracy": m for h, m in M.text_fidelity_per_head(pred, labels).items()})
     # style: cosine to a true rendering of the same prompt's style in another content.
     refs = np.stack([ss.render(ss.Content((c.shape + 1) % len(ss.SHAPES), c.color, c.count),
-                               s if name == "named" else chosen[i], pipe.tokenizer.image_size,
+                               s if name == "named" else chosen[i], image_size,
                                np.random.default_rng([seed, i]))[0] for i, (c, s) in enumerate(zip(contents, chosen))])
     out[f"{name}/style_fidelity_to_prompt_style"] = M.style_fidelity(scorers.style_embed(images),
                                                                       scorers.style_embed(refs))
     if name == "plain":
       plain_images = images
   # plain-prompt images scored against the named styles: the baseline the named prompts must beat.
-  named_refs = np.stack([ss.render(ss.Content(0, 0, 1), s, pipe.tokenizer.image_size, np.random.default_rng(k))[0]
+  named_refs = np.stack([ss.render(ss.Content(0, 0, 1), s, image_size, np.random.default_rng(k))[0]
                          for k, s in enumerate(ss.NAMED_STYLES)])
   idx = np.arange(len(plain_images)) % len(ss.NAMED_STYLES)
   out["plain/style_fidelity_to_named_styles"] = M.style_fidelity(scorers.style_embed(plain_images),
@@ -171,6 +175,13 @@ def evaluate(workdir: str, scorers=None, seed: int = 0, quick: bool = False) -> 
     return {"kind": "clip", "metrics": clip_zero_shot(ClipEmbedder(task, params), 600 // k, seed)}
   if isinstance(task, muse_lib.MuseTask):
     from stylejax.models.muse_pipeline import MusePipeline
-    return {"kind": "muse", "metrics": muse(MusePipeline.load(workdir), need_scorers(), 96 // k, seed)}
+    pipe = MusePipeline.load(workdir)
+    return {"kind": "muse", "metrics": text_to_image(lambda p, n, s: pipe.generate(p, n, s), pipe.tokenizer.image_size,
+                                                     config.data.get("heldout_prompts", 0.0), need_scorers(), 96 // k, seed)}
+  from stylejax.models import ar_t2i
+  if isinstance(task, ar_t2i.ARImageTask) and not config.get("style", {}).get("num_tokens"):
+    pipe = ar_t2i.ARImagePipeline.load(workdir)
+    return {"kind": "ar", "metrics": text_to_image(lambda p, n, s: pipe.generate(p, n, s), int(config.data.image_size),
+                                                   config.data.get("heldout_prompts", 0.0), need_scorers(), 96 // k, seed)}
   raise ValueError(f"{workdir} is a {type(task).__name__} run; `stylejax eval` knows tokenizer, clip, "
                    f"scorer, Muse and StyleDrop runs.")

@@ -85,15 +85,31 @@ class TextEncoder:
     return self.embed_ids(*self.tokenize(texts))
 
 
+_CACHE: dict[tuple, Any] = {}
+
+
+def _cached(kind: type, spec: Any) -> Any:
+  """One instance (params + compiled calls) per part and process: a trainer, its pipelines and every
+  StyleDrop round share the frozen parts instead of reloading and recompiling them. A trained
+  workdir's key includes its checkpoint list, so a part trained further is loaded again."""
+  import os
+  from stylejax.train.trainer import load_part  # lazy: avoids a models <-> train import cycle
+  spec = _part_spec(spec)
+  ckpts = os.path.join(spec["workdir"], "checkpoints")
+  stamp = tuple(sorted(os.listdir(ckpts))) if spec["workdir"] and os.path.isdir(ckpts) else ()
+  key = (kind.__name__, spec["workdir"], spec["config"], stamp)
+  if key not in _CACHE:
+    _CACHE[key] = kind(*load_part(**spec))
+  return _CACHE[key]
+
+
 def load_image_tokenizer(spec: Any) -> ImageTokenizer:
   """From a config's part spec {workdir, config} (see `trainer.load_part`)."""
-  from stylejax.train.trainer import load_part  # lazy: avoids a models <-> train import cycle
-  return ImageTokenizer(*load_part(**_part_spec(spec)))
+  return _cached(ImageTokenizer, spec)
 
 
 def load_text_encoder(spec: Any) -> TextEncoder:
-  from stylejax.train.trainer import load_part
-  return TextEncoder(*load_part(**_part_spec(spec)))
+  return _cached(TextEncoder, spec)
 
 
 class ClipEmbedder:
@@ -129,7 +145,4 @@ class ClipEmbedder:
 
 def load_clip_embedder(spec: Any = "shapestyle:clip") -> ClipEmbedder:
   """From a part spec {workdir, config}, a workdir, or a shipped name (default the tiny CLIP)."""
-  from stylejax.train.trainer import load_part
-  if isinstance(spec, str):
-    spec = {"workdir": spec}
-  return ClipEmbedder(*load_part(**_part_spec(spec)))
+  return _cached(ClipEmbedder, {"workdir": spec} if isinstance(spec, str) else spec)
