@@ -4,10 +4,10 @@
   stylejax train --config configs/ar.py:runlocal --workdir /tmp/a        # seconds; untrained parts
   stylejax train --config configs/ar.py:uncond=null_prefix --workdir ... # LlamaGen's learned null prefix
 
-Sequence: CLIP text states [48, 128] -> prefix_proj; BOI; 64 image ids (8x8 from the 512-code VQGAN).
+Sequence: CLIP text states [48, 128] -> prefix_proj; BOI; 64 image ids (8x8 from the 4096-code VQGAN).
 Loss on image ids only; 10% condition dropout for CFG with StyleAR's image-only unconditional
 context by default (REFERENCE §4; `uncond=null_prefix` for LlamaGen's, §7). Sampling defaults in
-`config.sample` (CFG 4.0 as StyleAR/LlamaGen demos; top-k off: 512 codes only).
+`config.sample` (CFG 4.0 as StyleAR/LlamaGen demos; top-k off).
 """
 import ml_collections
 
@@ -21,7 +21,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c = common.base_config(arg.runlocal)
   c.task = "stylejax.models.ar_t2i:ARImageTask"
   c.model = ml_collections.ConfigDict(dict(
-      codebook_size=512, seq_len=64, text_dim=128, text_len=48, vocab_multiple=8,
+      codebook_size=4096, seq_len=64, text_dim=128, text_len=48, vocab_multiple=8,
       # Llama decoder, 2.0M params; ~44 GFLOP per training step at batch 32 (flops_per_example)
       hidden=192, layers=4, heads=4, kv_heads=4, head_dim=48, mlp_dim=512, rope="1d", rope_theta=10000.0,
       rms_eps=1e-6, init_std=0.02,
@@ -43,7 +43,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.ema_decay = 0.999
   c.checkpoint.every = 500
   c.log_every = 50
-  # Sampling (ar_t2i.SAMPLE_DEFAULTS fields): CFG as StyleAR / LlamaGen's demo; top-k off (512 codes);
+  # Sampling (ar_t2i.SAMPLE_DEFAULTS fields): CFG as StyleAR / LlamaGen's demo; top-k off;
   # noise / content_subtraction act on style tokens only (StyleAR runs).
   c.sample = ml_collections.ConfigDict(dict(
       cfg_scale=4.0, temperature=1.0, top_k=0, top_p=1.0,

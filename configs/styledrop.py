@@ -22,7 +22,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.method = "stylejax.methods.styledrop:run"
   c.task = "stylejax.models.muse:MuseTask"
   # StyleDrop adapter a + gelu(a W_down) W_up after every attention output, W_up zero-init (§3).
-  c.adapters = ml_collections.ConfigDict(dict(kind="styledrop", rank=8, mode="per_layer", layers=None,
+  c.adapters = ml_collections.ConfigDict(dict(kind="styledrop", rank=4, mode="per_layer", layers=None,
                                               targets=None, alpha=None, init_std=None))
   c.optimizer.update(name="adam", lr=3e-5, weight_decay=0.0, warmup_steps=0, schedule="constant",
                      trainable=["adapters"])  # base frozen: no gradients applied, no optimizer state
@@ -45,7 +45,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.optimizer.lr = 1e-3
     c.styledrop.steps = [200, 200]
   elif arg.variant == "lora":
-    c.adapters.update(kind="lora", rank=8, targets=["query", "key", "value"])
+    c.adapters.update(kind="lora", rank=4, targets=["query", "key", "value"])
     c.optimizer.lr = 1e-3
     c.styledrop.steps = [200, 200]
   elif arg.variant != "paper":

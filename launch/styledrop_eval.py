@@ -19,6 +19,7 @@ import os
 import sys
 import time
 
+import jax
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +86,10 @@ def main() -> None:
       rows[f"round2 λA={la}"] = lambda p, n, s, la=float(la): sd.generate(p, n, s, style_guidance=la)
     for lb in args.lambda_b.split(","):
       rows[f"round2 λB={lb}"] = lambda p, n, s, lb=float(lb): sd.generate(p, n, s, content_guidance=lb)
-    style_result = {"style": k, "descriptor": style.descriptor, "reference": content.caption}
+    count = lambda tree: sum(int(np.size(x)) for x in jax.tree.leaves(tree))
+    style_result = {"style": k, "descriptor": style.descriptor, "reference": content.caption,
+                    "params": {name: {"adapters": count(m.pipe.params["adapters"]), "all": count(m.pipe.params)}
+                               for name, m in (("adapters", sd), ("lora", lora))}}
     for row, gen in rows.items():
       metrics, _, per = sd_lib.evaluate(gen, reference, style.descriptor, **kw)
       add(row, per)
@@ -112,6 +116,8 @@ def main() -> None:
            "| model | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
   for row, m in table.items():
     lines.append(f"| {row} | " + " | ".join(fmt(m[n]) if n in m else "" for n in names) + " |")
+  for name, p in per_style[0]["params"].items():
+    lines.append(f"- {name}: {p['adapters']:,} trained params = {100 * p['adapters'] / p['all']:.2f}% of {p['all']:,}")
   lines += ["", f"style_fidelity progress base → ceiling at round 2 (mean over styles): {fmt(prog)}; per style: "
             + ", ".join(f"{s['progress']:.2f}" for s in per_style), ""]
   with open(args.md, "w") as f:
