@@ -55,7 +55,7 @@ def flatten_params(params: Any) -> dict[str, np.ndarray]:
   out = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(nn.meta.unbox(params)):
     key = "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
-    out[key] = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+    out[key] = np.array(jax.device_get(leaf), copy=True)  # contiguous; keeps 0-d scalars 0-d
   return out
 
 
