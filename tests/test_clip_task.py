@@ -90,6 +90,31 @@ def test_captioned_source():
     clip_task.CaptionedShapeStyleSource(tok, content_caption_fraction=1.5)
 
 
+def test_hard_negative_captions_and_loss():
+  tok = clip_task.default_tokenizer()
+  src = clip_task.CaptionedShapeStyleSource(tok, image_size=32, num_examples=50, hard_negatives=True)
+  for i in range(20):
+    ex = src[i]
+    (pos, neg) = tok.decode(np.stack([ex["ids"], ex["negative_ids"]]))
+    (c_pos, d_pos), (c_neg, d_neg) = ss.parse_caption(pos), ss.parse_caption(neg)
+    assert d_pos == d_neg and c_neg.shape != c_pos.shape  # only the shape word differs
+    assert (c_neg.color, c_neg.count) == (c_pos.color, c_pos.count)
+  # A hard negative joins the image->text softmax: scoring it above the true caption raises the loss
+  # by exactly the image-side cross-entropy term, and one that equals the caption counts as positive.
+  logits = jnp.asarray(np.where(np.eye(3), 5.0, 0.0), jnp.float32)
+  base = clip_task.multi_positive_clip_loss(logits, jnp.eye(3, dtype=bool))
+  neg = jnp.full((3, 3), 9.0)
+  no = jnp.zeros((3, 3), bool)
+  with_neg = clip_task.multi_positive_clip_loss(logits, jnp.eye(3, dtype=bool), neg, no)
+  per_image = jnp.concatenate([logits.T, neg], 1)
+  expected = 0.5 * (-jnp.mean(jax.nn.log_softmax(logits, -1).diagonal())
+                    - jnp.mean(jax.nn.log_softmax(per_image, -1)[:, :3].diagonal()))
+  np.testing.assert_allclose(with_neg, expected, rtol=1e-6)
+  assert float(with_neg) > float(base) + 1.0
+  all_pos = clip_task.multi_positive_clip_loss(logits, jnp.eye(3, dtype=bool), neg, jnp.eye(3, dtype=bool))
+  assert float(all_pos) < float(with_neg)
+
+
 # ------------------------------------------------------------------------------------ learning
 def test_contrastive_training_learns_in_batch_retrieval():
   """The runlocal CLIP memorises a fixed batch of 16 pairs: retrieval goes from chance (1/16) to most."""

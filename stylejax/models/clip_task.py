@@ -14,6 +14,9 @@ Task: `CLIPTask` trains `stylejax.models.clip.CLIPModel` with CLIP's symmetric I
 style") or, with probability `content_caption_fraction`, the content caption alone, so content-only
 prompts (CLIP-T, Muse conditioning) land near every rendering of that content; plain images always
 get the content caption. Identical captions in a batch are all positives (`multi_positive_clip_loss`).
+With `hard_negatives` each image also brings its own caption with the shape word swapped for another
+shape (NegCLIP, Yuksekgonul et al. 2023): in-batch negatives almost always differ in color or count
+already, so without them the towers barely learn shape.
 """
 from __future__ import annotations
 
@@ -103,16 +106,28 @@ def to_unit_range(images: jax.Array) -> jax.Array:
 # Loss
 
 
-def multi_positive_clip_loss(logits_per_text: jax.Array, same: jax.Array) -> jax.Array:
+def _soft_ce(logits: jax.Array, positives: jax.Array) -> jax.Array:
+  """Mean cross-entropy of each row against the uniform distribution over its positives."""
+  targets = positives.astype(jnp.float32)
+  targets = targets / targets.sum(-1, keepdims=True)
+  return -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(logits, -1), -1))
+
+
+def multi_positive_clip_loss(logits_per_text: jax.Array, same: jax.Array,
+                             negative_logits_per_image: jax.Array | None = None,
+                             same_negative: jax.Array | None = None) -> jax.Array:
   """CLIP's symmetric InfoNCE where pair (i, j) is positive whenever captions i and j are identical.
 
   logits_per_text [B, B] (text i vs image j); same [B, B] bool, symmetric with a true diagonal. The
   target of each row is uniform over its positives; with `same` = identity this is `clip.clip_loss`.
+  NegCLIP: `negative_logits_per_image` [B, N] (image i vs extra hard-negative captions) join the
+  image->text softmax only; `same_negative` [B, N] marks any that equal image i's caption.
   """
-  targets = same.astype(jnp.float32)
-  targets = targets / targets.sum(-1, keepdims=True)
-  ce = lambda logits: -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(logits, -1), -1))
-  return 0.5 * (ce(logits_per_text) + ce(logits_per_text.T))
+  per_image, positives = logits_per_text.T, same
+  if negative_logits_per_image is not None:
+    per_image = jnp.concatenate([per_image, negative_logits_per_image], axis=1)
+    positives = jnp.concatenate([same, same_negative], axis=1)
+  return 0.5 * (_soft_ce(logits_per_text, same) + _soft_ce(per_image, positives))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,13 +143,15 @@ class CaptionedShapeStyleSource:
 
   def __init__(self, tokenizer: text_tokenizer.TextTokenizer, split: str = "train", image_size: int = 64,
                seed: int = 0, num_examples: int = 100_000, styles: Any = "named+plain",
-               plain_fraction: float | None = None, content_caption_fraction: float = 0.25):
+               plain_fraction: float | None = None, content_caption_fraction: float = 0.25,
+               hard_negatives: bool = False):
     if not 0.0 <= content_caption_fraction <= 1.0:
       raise ValueError(f"content_caption_fraction={content_caption_fraction}; use a value in [0, 1].")
     self.images = ss.ShapeStyleSource(split=split, image_size=image_size, seed=seed, styles=styles,
                                       num_examples=num_examples, plain_fraction=plain_fraction)
     self.tokenizer, self.seed, self.split_id = tokenizer, int(seed), _SPLIT_IDS[split]
     self.content_caption_fraction = float(content_caption_fraction)
+    self.hard_negatives = bool(hard_negatives)
     self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
   def __len__(self) -> int:
@@ -147,6 +164,15 @@ class CaptionedShapeStyleSource:
       return str(example["content_caption"])
     return str(example["caption"])
 
+  def negative_caption(self, example: Mapping[str, Any], caption: str, index: int) -> str:
+    """`caption` with the example's shape swapped for another shape (same color, count and style)."""
+    rng = np.random.default_rng([self.seed, self.split_id, int(index), 0x4E6])
+    shape = int(example["shape"])
+    other = (shape + 1 + int(rng.integers(len(ss.SHAPES) - 1))) % len(ss.SHAPES)
+    content = ss.Content(shape, int(example["color"]), int(example["count"]))
+    swapped = ss.Content(other, content.color, content.count)
+    return caption.replace(content.caption, swapped.caption, 1)
+
   def encode(self, caption: str) -> tuple[np.ndarray, np.ndarray]:
     if caption not in self._cache:
       ids, mask = self.tokenizer.encode([caption])
@@ -155,8 +181,12 @@ class CaptionedShapeStyleSource:
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     ex = self.images[index]
-    ids, mask = self.encode(self.caption(ex, int(ex["index"])))
-    return {"image": ex["image"], "ids": ids, "mask": mask}
+    caption = self.caption(ex, int(ex["index"]))
+    ids, mask = self.encode(caption)
+    out = {"image": ex["image"], "ids": ids, "mask": mask}
+    if self.hard_negatives:
+      out["negative_ids"], out["negative_mask"] = self.encode(self.negative_caption(ex, caption, int(ex["index"])))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,7 +199,7 @@ class CLIPTask(Task):
   config.model: hidden, layers, heads, image_size (CLIP input; images are resized to it), patch_size,
     projection_dim, hidden_act, max_logit_scale (CLIP clamps exp(t) at 100), tokenizer ("" = shipped).
   config.data: image_size, seed, num_examples, styles, plain_fraction (None = uniform over styles),
-    content_caption_fraction.
+    content_caption_fraction, hard_negatives (NegCLIP shape-swapped captions; default off).
   Logged: loss, retrieval_i2t_top1 / retrieval_t2i_top1 (in-batch top-1, a hit when the retrieved
   caption equals the true one), logit_scale.
   """
@@ -187,6 +217,10 @@ class CLIPTask(Task):
   def loss(self, params, batch, rng):
     pixels = clip.preprocess_images(to_unit_range(batch["image"]), self.clip_config.vision.image_size)
     ids, mask = batch["ids"], batch["mask"]
+    b, negatives = ids.shape[0], "negative_ids" in batch
+    if negatives:  # one text-tower call over [captions; hard negatives]
+      ids = jnp.concatenate([ids, batch["negative_ids"]])
+      mask = jnp.concatenate([mask, batch["negative_mask"]])
 
     def features(m: clip.CLIPModel):
       return m.get_text_features(ids, mask), m.get_image_features(pixels)
@@ -195,12 +229,18 @@ class CLIPTask(Task):
     txt, img = (x.astype(jnp.float32) for x in (txt, img))
     txt = txt / jnp.linalg.norm(txt, axis=-1, keepdims=True)
     img = img / jnp.linalg.norm(img, axis=-1, keepdims=True)
+    txt, neg_txt = txt[:b], txt[b:]
+    ids, neg_ids = ids[:b], ids[b:]
     # CLIP paper: learned temperature, exp(t) clipped at 100 (no gradient past the clip).
     max_t = math.log(float(self.config.model.get("max_logit_scale", 100.0)))
     scale = jnp.exp(jnp.minimum(params["logit_scale"].astype(jnp.float32), max_t))
     logits_per_text = scale * txt @ img.T
     same = jnp.all(ids[:, None, :] == ids[None, :, :], axis=-1)  # [B, B] identical captions
-    loss = multi_positive_clip_loss(logits_per_text, same)
+    if negatives:
+      same_negative = jnp.all(ids[:, None, :] == neg_ids[None, :, :], axis=-1)  # [B, B]
+      loss = multi_positive_clip_loss(logits_per_text, same, scale * img @ neg_txt.T, same_negative)
+    else:
+      loss = multi_positive_clip_loss(logits_per_text, same)
     hit = lambda logits: jnp.mean(jnp.take_along_axis(same, jnp.argmax(logits, -1)[:, None], -1))
     return loss, {"retrieval_i2t_top1": hit(logits_per_text.T), "retrieval_t2i_top1": hit(logits_per_text),
                   "logit_scale": scale}
@@ -211,7 +251,8 @@ class CLIPTask(Task):
     return CaptionedShapeStyleSource(
         self.tokenizer, split=split, image_size=size, seed=int(d.seed), num_examples=int(d.num_examples),
         styles=d.get("styles", "named+plain"), plain_fraction=d.get("plain_fraction", None),
-        content_caption_fraction=float(d.get("content_caption_fraction", 0.25)))
+        content_caption_fraction=float(d.get("content_caption_fraction", 0.25)),
+        hard_negatives=bool(d.get("hard_negatives", False)))
 
   def flops_per_example(self) -> float:
     """Training FLOPs of one (image, caption) pair: 3x the forward matmuls of both towers."""
