@@ -40,11 +40,25 @@ def scorers():
                    image_size=32)
 
 
+def readme_notebook_code() -> str:
+  text = open(os.path.join(REPO, "README.md")).read()
+  block = text.split("<!-- notebook-styledrop -->")[1].split("<!-- /notebook-styledrop -->")[0]
+  return block.split("```python")[1].split("```")[0]
+
+
 @pytest.fixture(scope="module")
 def clip_run(base, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("sd_clip"))
-  sd = styledrop.tune(base, None, "", rounds=2, selection="clip", workdir=workdir, config=RUNLOCAL, progress=False)
-  return workdir, sd
+  """The README's StyleDrop notebook block executed as written (two rounds, CLIP feedback) on the runlocal
+  base: returns (workdir, the tuned StyleDrop, the block's namespace)."""
+  cwd = tmp_path_factory.mktemp("notebook")
+  shutil.copy(styledrop.bundled_reference()[0], cwd / "reference.png")  # stands in for the user's file
+  tune = styledrop.tune
+  namespace: dict = {}
+  with pytest.MonkeyPatch.context() as mp:
+    mp.chdir(cwd)
+    mp.setattr(styledrop, "tune", lambda _base, *a, **k: tune(base, *a, config=RUNLOCAL, progress=False, **k))
+    exec(compile(readme_notebook_code(), "README.md", "exec"), namespace)
+  return str(cwd / "runs" / "sd"), namespace["style"], namespace
 
 
 def _copy_round1(src: str, dst: str) -> str:
@@ -59,7 +73,7 @@ def _copy_round1(src: str, dst: str) -> str:
 
 
 def test_two_rounds_with_clip_feedback(clip_run):
-  workdir, sd = clip_run
+  workdir, sd, _ = clip_run
   manifest = json.load(open(os.path.join(workdir, styledrop.MANIFEST)))
   assert manifest["status"] == "done" and manifest["final_round"] == 2
   selected = manifest["selected"]["round1"]
@@ -76,7 +90,6 @@ def test_two_rounds_with_clip_feedback(clip_run):
   _, full = trainer.load_params(os.path.join(workdir, "round2"))
   n_all = sum(v.size for v in jax.tree.leaves(full))
   assert all(k.startswith("adapters/") for k in adapters) and 0 < n_adapter
-  assert sd.descriptor == styledrop.bundled_reference()[1]["descriptor"]
   out = sd.generate(["two red stars"], num=2, seed=0, style_guidance=1.0, content_guidance=2.0)
   assert out.shape == (2, 32, 32, 3) and out.dtype == np.uint8
   again = stylejax.load(workdir).generate(["two red stars"], num=2, seed=0, style_guidance=1.0, content_guidance=2.0)
@@ -193,3 +206,12 @@ def test_cli_sample_eval_and_bad_inputs(clip_run, base, tmp_path):
     r = _cli("train", f"--config={RUNLOCAL}", f"--workdir={tmp_path / 'w'}", f"--config.styledrop.base={base}", *extra)
     assert r.returncode == 2, (extra, r.stderr)
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
+
+
+def test_readme_notebook_example_runs_as_written(clip_run):
+  workdir, sd, namespace = clip_run
+  assert namespace["images"].shape == (8, 32, 32, 3) and namespace["images"].dtype == np.uint8
+  assert len(namespace["pictures"]) == 2 and namespace["pictures"][0].size == (32, 32)
+  assert namespace["again"].workdir == sd.workdir == workdir and sd.descriptor == "watercolor"
+  np.testing.assert_array_equal(namespace["again"].generate(["two red stars"], num=2, seed=0),
+                                sd.generate(["two red stars"], num=2, seed=0))

@@ -225,6 +225,7 @@ def load(workdir: str, round: int | None = None) -> StyleDrop:
   """The final (or given) round of a StyleDrop workdir."""
   from stylejax.data.images import load_image
   from stylejax.models.muse_pipeline import MusePipeline
+  workdir = os.path.abspath(workdir)  # a notebook may change directory later
   path = os.path.join(workdir, MANIFEST)
   if not os.path.exists(path):
     raise StyleDropError(f"{workdir} is not a StyleDrop workdir (no {MANIFEST}); train configs/styledrop.py first.")
@@ -383,18 +384,20 @@ def _export_adapters(round_dir: str) -> str:
   return path
 
 
-def tune(base: str, image: np.ndarray | str | None, descriptor: str, content: str = "", rounds: int = 2,
+def tune(base: str, image: Any, descriptor: str, content: str = "", rounds: int = 2,
          selection: str = "clip", workdir: str | None = None, steps: int | Sequence[int] | None = None,
          selection_file: str = "", config: str = "configs/styledrop.py", scorers=None, progress: bool = True,
          **overrides: Any) -> StyleDrop:
   """Notebook entry: tunes a style on `base` ("shapestyle:base" or a Muse workdir) from one image
-  (uint8/float [S, S, 3] array, a file path, or None for the bundled reference). Returns the final round.
+  (uint8/float [S, S, 3] array, a PIL image, a file path, or None for the bundled reference). Returns the final round.
   `overrides`: dotted config keys, e.g. {"optimizer.lr": 1e-3}."""
   import tempfile
   from stylejax import config as config_lib
   from stylejax.eval.report import save_png
   workdir = workdir or tempfile.mkdtemp(prefix="styledrop_")
   os.makedirs(workdir, exist_ok=True)
+  if hasattr(image, "convert"):  # a PIL image
+    image = np.asarray(image.convert("RGB"))
   if isinstance(image, np.ndarray):
     arr = np.asarray(image)
     arr = np.round(arr * 255).astype(np.uint8) if arr.dtype != np.uint8 else arr
