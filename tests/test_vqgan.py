@@ -45,6 +45,17 @@ def unboxed_shapes(tree):
 # Shapes
 
 
+def test_narrow_encoder_keeps_flat_colors():
+  """GroupNorm with one channel per group (instance norm) maps every flat image to the same latents."""
+  assert vq.num_groups(128) == 32 and vq.num_groups(32) == 8 and vq.num_groups(8) == 2
+  model = tiny(filters=8, channel_multipliers=(1, 2))
+  red = jnp.zeros((1, 8, 8, 3)).at[..., 0].set(1.0)
+  blue = jnp.zeros((1, 8, 8, 3)).at[..., 2].set(1.0)
+  variables = jax.jit(model.init)(key(0), red)
+  z = jax.jit(partial(model.apply, method=vq.VQGAN.encode_features))(variables, jnp.concatenate([red, blue]))
+  assert float(jnp.abs(z[0] - z[1]).max()) > 1e-2
+
+
 @pytest.mark.parametrize("mults,factor", [((1, 2, 2, 4), 8), ((1, 1, 2, 2, 4), 16)])
 def test_token_grid_shapes(mults, factor):
   model = tiny(channel_multipliers=mults)
@@ -361,3 +372,17 @@ def test_params_carry_logical_names_and_shard():
   assert params["encoder"]["Conv_0"]["kernel"].sharding.spec == jax.P(None, None, None, "tensor")
   assert params["quantizer"]["codebook"].sharding.is_fully_replicated
   assert params["decoder"]["Conv_2"]["kernel"].sharding.is_fully_replicated  # the RGB head: 3 channels
+
+
+def test_foreground_weighted_reconstruction_loss():
+  recon, target = jnp.zeros((1, 2, 2, 3)), jnp.ones((1, 2, 2, 3)).at[0, 0, 0].set(0.0)
+  mask = jnp.asarray([[[1.0, 0.0], [0.0, 0.0]]])
+  # Unweighted: 3 of 4 pixels wrong. Foreground weight 9 on the one right pixel: (0*10 + 3*1) / 13.
+  assert float(vq.reconstruction_loss(recon, target)) == pytest.approx(0.75)
+  assert float(vq.reconstruction_loss(recon, target, weight=1.0 + 9.0 * mask)) == pytest.approx(3 / 13)
+  task = vq.VQGANTask(make_config(foreground_weight=9.0))
+  params = nn.meta.unbox(task.init(key(0)))
+  with pytest.raises(ValueError, match="foreground 'mask'"):
+    task.loss(params, {"image": jnp.zeros((1, 16, 16, 3))}, key(1))
+  loss, _ = task.loss(params, {"image": jnp.zeros((1, 16, 16, 3)), "mask": jnp.ones((1, 16, 16))}, key(1))
+  assert np.isfinite(float(loss))

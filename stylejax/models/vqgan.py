@@ -43,9 +43,14 @@ _HIGHEST = jax.lax.Precision.HIGHEST  # argmin over codes must not run at bf16 m
 # Building blocks
 
 
-def num_groups(channels: int, max_groups: int = 32) -> int:
-  """Largest group count <= max_groups dividing `channels` (32 for every MaskGIT width)."""
-  return next(g for g in range(min(max_groups, channels), 0, -1) if channels % g == 0)
+def num_groups(channels: int, max_groups: int = 32, min_group_channels: int = 4) -> int:
+  """Largest group count <= max_groups dividing `channels` with >= `min_group_channels` channels per group.
+
+  32 for every MaskGIT width (>= 128 filters). Narrow CPU-sized models must not get one channel per group:
+  that is instance norm, which erases a flat region's absolute color (a 32-filter ShapeStyle tokenizer
+  reconstructed every background gray and every shape brown)."""
+  limit = max(1, min(max_groups, channels // min_group_channels))
+  return next(g for g in range(limit, 0, -1) if channels % g == 0)
 
 
 def _conv(features: int, kernel: int, name: str, *, use_bias: bool = True, strides: int = 1,
@@ -346,13 +351,17 @@ class PatchDiscriminator(nn.Module):
     return _conv(1, 4, f"Conv_{self.num_layers + 1}", shard_out=False, **kw)(x).astype(jnp.float32)
 
 
-def reconstruction_loss(recon: Array, target: Array, kind: str = "l1") -> Array:
-  """Mean L1 or L2 pixel error."""
+def reconstruction_loss(recon: Array, target: Array, kind: str = "l1", weight: Array | None = None) -> Array:
+  """Mean L1 or L2 pixel error; `weight` [B, H, W] makes it a weighted mean over pixels."""
   if kind == "l1":
-    return jnp.mean(jnp.abs(recon - target))
-  if kind == "l2":
-    return jnp.mean((recon - target) ** 2)
-  raise ValueError(f"recon_loss={kind!r}; use 'l1' or 'l2'.")
+    err = jnp.abs(recon - target)
+  elif kind == "l2":
+    err = (recon - target) ** 2
+  else:
+    raise ValueError(f"recon_loss={kind!r}; use 'l1' or 'l2'.")
+  if weight is None:
+    return jnp.mean(err)
+  return jnp.mean(err * weight[..., None]) / jnp.mean(weight)
 
 
 def hinge_discriminator_loss(real_logits: Array, fake_logits: Array) -> Array:
@@ -436,7 +445,8 @@ class ProceduralImageSource:
 
 
 class _ImageAdapter:
-  """Wraps a source so every example is {"image": float32 [H, W, 3] in [0, 1]} (uint8 is rescaled)."""
+  """Wraps a source so every example is {"image": float32 [H, W, 3] in [0, 1]} (uint8 is rescaled), plus
+  the source's foreground "mask" [H, W] as float32 when it has one (ShapeStyle's shape mask)."""
 
   def __init__(self, source):
     self.source = source
@@ -445,10 +455,14 @@ class _ImageAdapter:
     return len(self.source)
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    image = np.asarray(self.source[index]["image"])
+    example = self.source[index]
+    image = np.asarray(example["image"])
     if image.dtype == np.uint8:
       image = image.astype(np.float32) / 255.0
-    return {"image": image.astype(np.float32)}
+    out = {"image": image.astype(np.float32)}
+    if "mask" in example:
+      out["mask"] = np.asarray(example["mask"], np.float32)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -461,7 +475,8 @@ class VQGANTask(Task):
   config.model: filters, channel_multipliers, num_res_blocks, embedding_dim, codebook_size,
     quantizer ("euclidean"|"cosine"), maskgit_shortcut_quirk, recon_loss ("l1"|"l2"), commitment (0.25),
     entropy_weight (0; MaskGIT 0.1), gan_weight (0 = no discriminator), image_size; optional:
-    entropy_temperature (0.01), dead_code_weight (0), perceptual_weight (0), disc_filters (64),
+    entropy_temperature (0.01), dead_code_weight (0), perceptual_weight (0), foreground_weight (0: pixels
+    under the data's shape mask weigh 1 + w in the reconstruction loss), disc_filters (64),
     disc_layers (2), disc_weight (1.0), revive_threshold (1.0).
   config.data: name ("procedural"|"shapestyle"), image_size, num_examples, seed; shapestyle: styles.
 
@@ -513,7 +528,12 @@ class VQGANTask(Task):
     m = self.config.model
     images = batch["image"].astype(jnp.float32)
     recon, aux = self.model.apply({"params": self.vqgan_params(params)}, images, train=True)
-    rec = reconstruction_loss(recon, images, m.get("recon_loss", "l1"))
+    fg = float(m.get("foreground_weight", 0.0))
+    if fg > 0 and "mask" not in batch:
+      raise ValueError("model.foreground_weight > 0 needs a data source with a foreground 'mask' "
+                       "(config.data.name='shapestyle'); set it to 0 for other data.")
+    weight = 1.0 + fg * batch["mask"].astype(jnp.float32) if fg > 0 else None
+    rec = reconstruction_loss(recon, images, m.get("recon_loss", "l1"), weight)
     total = (rec + m.get("commitment", 0.25) * aux["commitment_loss"] + aux["codebook_loss"]
              + m.get("entropy_weight", 0.0) * aux["entropy_loss"]
              + m.get("dead_code_weight", 0.0) * aux["dead_code_loss"])
