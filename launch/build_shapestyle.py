@@ -24,6 +24,9 @@ sys.path.insert(0, ROOT)
 
 ORDER = ("tokenizer", "clip", "base", "content", "style", "ar")
 COMMAND = "stylejax train --config configs/shapestyle.py:{part} --workdir {workdir}"
+# The generators (~4M params each, mostly the 4096-code embedding and head) ship as float16 so all parts
+# fit the 30 MB package budget; they load back as float32 and are measured from the exported files.
+SHIP_DTYPE = {"base": "float16", "ar": "float16"}
 
 
 def train(part: str, root: str, extra: list[str]) -> float:
@@ -75,7 +78,8 @@ def main() -> None:
       print(f"== {part}: training", flush=True)
       train(part, args.root, extra)
       shipped.export(os.path.join(args.root, part), part,
-                     command=COMMAND.format(part=part, workdir=f"/tmp/ss_{part}"))
+                     command=COMMAND.format(part=part, workdir=f"/tmp/ss_{part}"),
+                     dtype=SHIP_DTYPE.get(part, "float32"))
 
   if args.no_eval:
     return

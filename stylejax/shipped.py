@@ -6,7 +6,7 @@
 Each part is two files under `stylejax/assets/shapestyle/`: `<part>.safetensors` (params, '/'-joined
 keys) and `<part>.json` (the training config, the command that produced it, its recorded quality).
 Anywhere a workdir is accepted (`trainer.load_params`, part specs, `--workdir`), a shipped name works
-too. `launch/build_shapestyle.sh` rebuilds all of them with `export`.
+too. `launch/build_shapestyle.py` rebuilds all of them with `export`.
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def info(name: str, root: str | None = None) -> dict[str, Any]:
   weights, record = _files(part, root)
   if not (os.path.exists(weights) and os.path.exists(record)):
     raise ShippedError(f"{PREFIX + part} is not built in this install ({weights} missing); rebuild the shipped "
-                       f"models with `bash launch/build_shapestyle.sh` or pass a trained workdir instead.")
+                       f"models with `bash launch/build_shapestyle.py` or pass a trained workdir instead.")
   with open(record) as f:
     return json.load(f)
 
@@ -105,7 +105,7 @@ def export(workdir: str, part: str, command: str, metrics: Mapping[str, Any] | N
   """Writes a trained workdir's params (EMA if kept) as shipped part `part`; returns the two paths.
 
   `dtype="float16"` halves the file (the package budget is 30 MB); params load back as float32,
-  so recorded metrics must be measured on the exported files (see launch/build_shapestyle.sh).
+  so recorded metrics must be measured on the exported files (see launch/build_shapestyle.py).
   """
   from safetensors.numpy import save_file
   from stylejax import config as config_lib
