@@ -112,8 +112,8 @@ def test_eval_dispatches_on_the_run_kind(assets, monkeypatch):
     shapestyle_eval.evaluate("shapestyle:tokenizer", scorers=scorers, quick=True)
 
 
-# The parts this package ships today (the AR base joins when launch/build_shapestyle.py has built it).
-@pytest.mark.parametrize("part", ["tokenizer", "clip", "content", "style", "base"])
+# Every part this package ships.
+@pytest.mark.parametrize("part", ["tokenizer", "clip", "content", "style", "base", "ar"])
 def test_shipped_part_reproduces_its_recorded_quality(part):
   """The package's own weights, measured again on a small sample, agree with what they recorded."""
   name = shipped.PREFIX + part
