@@ -11,7 +11,7 @@
 
 Parts:
   * `tokenizer` (default: the first stage everything else generates in) trains the VQGAN image
-    tokenizer (`stylejax.models.vqgan:VQGANTask`) on ShapeStyle images, f8 and 512 codes.
+    tokenizer (`stylejax.models.vqgan:VQGANTask`) on ShapeStyle images, f8 and 4096 codes.
   * `clip` trains the tiny CLIP (`stylejax.models.clip_task:CLIPTask`) on (image, caption) pairs with
     the shipped caption BPE (`stylejax/assets/shapestyle_bpe.json`).
   * `content`, `style`: the eval scorers (`stylejax.models.scorers`); export with
@@ -35,17 +35,17 @@ def _tokenizer(c: ml_collections.ConfigDict, runlocal: bool) -> None:
       num_res_blocks=1, embedding_dim=32, codebook_size=4096, quantizer="euclidean",
       maskgit_shortcut_quirk=False, recon_loss="l1", commitment=0.25,
       # Without these usage collapses (measured at 300 steps: 17% of codes per batch, perplexity 26).
-      # 512 codes with entropy weight 0.1 (2000 steps) kept usage at 97% but lost shape colors: one
-      # 8x8-px token must name background style x shape edge x color, so 4096 codes and a lighter
-      # entropy term, which otherwise outweighs the L1 loss (0.59 vs 0.05).
+      # One 8x8-px token must name background style x shape edge x color, hence 4096 codes; the entropy
+      # term is light because at MaskGIT's 0.1 it outweighs the L1 loss (0.59 vs 0.05). (Earlier 512- and
+      # 4096-code runs that lost all colors were the GroupNorm bug fixed in vqgan.num_groups.)
       entropy_weight=0.01, dead_code_weight=1.0,
       # Shape pixels (the world's mask) weigh 10x in L1: unweighted, textured backgrounds dominate the
-      # loss and 1500 steps reconstructed every shape as a brownish blob of the wrong color.
+      # loss (at step 500 shapes came back as blobs of the wrong color; weighted, of the right one).
       foreground_weight=9.0,
       gan_weight=0.0, perceptual_weight=0.0, image_size=64))
   c.data = ml_collections.ConfigDict(dict(name="shapestyle", image_size=64, seed=0, num_examples=1_000_000,
                                           styles="named+plain"))
-  # Measured ~1.6 steps/s (batch 32, one CPU device, 2 idle cores) with 512 codes.
+  # Measured 0.7 steps/s with a CLIP training beside it (35 min); ~1.5 steps/s on 2 idle cores.
   c.total_steps = 1500
   c.batch_size = 32
   c.optimizer.lr = 1e-3
