@@ -21,6 +21,7 @@ setup(
         "ml_collections>=1.1.0",
         "absl-py>=2.1.0",
         "numpy>=2.0",
+        "scipy>=1.13",  # ndimage for the structure-adherence metric (also a jax dependency)
         "pillow>=11.0",
         "tqdm>=4.66",
         "tensorflow-datasets>=4.9.10",

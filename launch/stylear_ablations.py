@@ -5,9 +5,13 @@ Variants (each a configs/stylear.py run initialised from --base, same steps and 
   no_noise       style-enhanced tokens off (sigma 0 / 0)
   stylized_only  mix 1:0
   mix_1_30       mix 1:30
+  structure      `stylear` + structure control (the prompt's shape mask as a tokenized prefix image)
   stylear_dpo    `stylear` + DPO post-training on pairs from its own samples ranked by the scorers
+  base           the AR base itself, untrained here (style named in the caption instead of tokens)
 Each is scored with `stylear.evaluate` (held-out styles x prompts of another shape x samples):
-text_fidelity, style_fidelity, content_leakage, clip_t, clip_i as mean [95% CI].
+text_fidelity, style_fidelity, content_leakage, clip_t, clip_i as mean [95% CI]; the structure
+variant also gets structure adherence (IoU of the estimated foreground with the given mask, with its
+chance level and the estimator's ceiling on true renders).
 
   python launch/stylear_ablations.py --base /tmp/ar --out /tmp/stylear_ablations --steps 2000
   python launch/stylear_ablations.py --runlocal --out /tmp/abl        # seconds: random parts and base
@@ -37,15 +41,20 @@ VARIANTS: dict[str, tuple[dict[str, str], dict[str, Any]]] = {
     "no_noise": ({"style.noise": "0.0"}, {"noise": 0.0}),
     "stylized_only": ({"data.mix": "1:0"}, {}),
     "mix_1_30": ({"data.mix": "1:30"}, {}),
+    "structure": ({"structure.enabled": "True"}, {}),
 }
-DPO = "stylear_dpo"
+DPO, BASE = "stylear_dpo", "base"
+STRUCTURE = ("structure_iou", "structure_iou_chance", "structure_iou_ceiling")
 LABELS = {
     "stylear": "StyleAR (noise 0.1/0.3, mix 1:3)",
     "no_noise": "no style-enhanced tokens",
     "stylized_only": "stylized only (1:0)",
     "mix_1_30": "mix 1:30",
+    "structure": "StyleAR + structure control",
     DPO: "StyleAR + DPO",
+    BASE: "AR base (style in the caption)",
 }
+EXTRAS = [DPO, BASE]
 
 
 def random_scorers(image_size: int = 32, seed: int = 0):
@@ -85,6 +94,13 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, r in results.items():
     lines.append("| " + " | ".join([LABELS.get(name, name)] + [_fmt(r.get(k)) for k in METRICS]) + " |")
+  rows = {name: r for name, r in results.items() if "structure_iou" in r}
+  if rows:
+    lines += ["", "Structure adherence: IoU of the estimated foreground (`metrics.foreground_mask`) with the given mask; "
+              "chance = against another prompt's mask; ceiling = the estimator on true renders of the same contents "
+              "and styles.", "", "| variant | structure_iou | chance | ceiling |", "|---|---|---|---|"]
+    for name, r in rows.items():
+      lines.append("| " + " | ".join([LABELS.get(name, name)] + [_fmt(r.get(k)) for k in STRUCTURE]) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -117,11 +133,11 @@ def main(argv: list[str] | None = None) -> str:
   p.add_argument("--samples", type=int, default=4)
   p.add_argument("--dpo-prompts", dest="dpo_prompts", type=int, default=None)
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--variants", default=",".join(list(VARIANTS) + [DPO]),
-                 help="comma-separated subset of " + ", ".join(list(VARIANTS) + [DPO]))
+  p.add_argument("--variants", default=",".join(list(VARIANTS) + EXTRAS),
+                 help="comma-separated subset of " + ", ".join(list(VARIANTS) + EXTRAS))
   args = p.parse_args(argv)
   wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
-  unknown = sorted(set(wanted) - set(VARIANTS) - {DPO})
+  unknown = sorted(set(wanted) - set(VARIANTS) - set(EXTRAS))
   if unknown:
     p.error(f"unknown variants {unknown}")
   if args.runlocal:
@@ -146,6 +162,10 @@ def main(argv: list[str] | None = None) -> str:
                  seed=args.seed, batch_size=8 if args.runlocal else 32)
   os.makedirs(args.out, exist_ok=True)
   results: dict[str, dict[str, Any]] = {}
+  if BASE in wanted:
+    if not args.base:
+      p.error("the base variant evaluates --base; name one (e.g. --base shapestyle:ar)")
+    results[BASE] = stylear.evaluate(stylear.load(args.base), scorers, **eval_kw)
   pipes = {}
   needs_recipe = DPO in wanted and "stylear" not in wanted
   for name in [v for v in VARIANTS if v in wanted or (needs_recipe and v == "stylear")]:

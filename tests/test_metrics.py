@@ -60,6 +60,26 @@ def test_content_leakage_counts_leaks_and_excludes_same_shape_prompts():
   assert empty["n"] == 0 and empty["mean"] is None
 
 
+def test_structure_adherence_on_hand_made_images():
+  # gray background with a red outlined square (filled by hole filling) in image 0, a blue bar in image 1
+  images = np.full((2, 16, 16, 3), 128, np.uint8)
+  images[0, 3:9, 3:9] = (255, 0, 0)
+  images[0, 4:8, 4:8] = 128  # outline only: the interior is background-coloured
+  images[1, 10:14, 2:14] = (0, 0, 255)
+  square = np.zeros((16, 16), bool)
+  square[3:9, 3:9] = True
+  bar = np.zeros((16, 16), bool)
+  bar[10:14, 2:14] = True
+  np.testing.assert_array_equal(M.foreground_mask(images), np.stack([square, bar]))
+  np.testing.assert_allclose(M.structure_adherence(images, np.stack([square, bar])), [1.0, 1.0])
+  half = square.copy()
+  half[3:9, 6:9] = False  # 18 of the square's 36 pixels
+  np.testing.assert_allclose(M.mask_iou(np.stack([square, bar]), np.stack([half, square])), [0.5, 0.0])
+  assert M.mask_iou(np.zeros((1, 4, 4)), np.zeros((1, 4, 4)))[0] == 1.0  # nothing asked, nothing drawn
+  with pytest.raises(ValueError, match="shapes differ"):
+    M.mask_iou(square[None], bar[None, :8])
+
+
 def test_cosine_metrics_exact():
   a = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
   b = np.array([[2.0, 0.0], [1.0, 0.0], [1.0, 0.0]])

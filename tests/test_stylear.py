@@ -177,8 +177,10 @@ def test_generate_evaluate_and_dpo_pairs(run, tmp_path):
 
   scorers = _random_scorers()
   metrics = stylear.evaluate(pipe, scorers, num_styles=2, prompts_per_style=2, samples=1, batch_size=4)
-  assert set(metrics) == {"text_fidelity", "style_fidelity", "content_leakage", "clip_t", "clip_i"}
+  assert set(metrics) == {"text_fidelity", "style_fidelity", "content_leakage", "clip_t", "clip_i",
+                          "structure_iou", "structure_iou_chance", "structure_iou_ceiling"}  # a structure run
   assert all(m["n"] == 4 and m["mean"] is not None and len(m["ci95"]) == 2 for m in metrics.values())
+  assert metrics["structure_iou_ceiling"]["mean"] > 0.5  # the estimator sees true renders' shapes
   assert 0.0 <= metrics["content_leakage"]["mean"] <= 1.0
   assert ar_sample.trace_count() - before == 1  # generate and evaluate share one compiled loop
 

@@ -177,6 +177,56 @@ def content_leakage(pred_shape: Any, prompt_shape: Any, ref_shape: Any) -> Metri
   return rate_ci(pred[eligible] == ref[eligible])
 
 
+# ------------------------------------------------------------------------------ structure adherence
+def _otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
+  """Otsu (1979): the threshold that maximises the between-class variance of a 1D sample."""
+  hist, edges = np.histogram(values, bins=bins)
+  centers = 0.5 * (edges[1:] + edges[:-1])
+  w0 = np.cumsum(hist)[:-1].astype(np.float64)
+  w1 = hist.sum() - w0
+  s0 = np.cumsum(hist * centers)[:-1]
+  valid = (w0 > 0) & (w1 > 0)
+  if not valid.any():
+    return float(edges[-1])  # flat image: nothing is foreground
+  m0 = s0 / np.maximum(w0, 1)
+  m1 = (float((hist * centers).sum()) - s0) / np.maximum(w1, 1)
+  between = np.where(valid, w0 * w1 * (m0 - m1) ** 2, -1.0)
+  return float(edges[1:][:-1][int(np.argmax(between))])
+
+
+def foreground_mask(images: Any) -> np.ndarray:
+  """Where the shapes are, estimated without a model: images [B, S, S, 3] -> bool [B, S, S].
+
+  A pixel is foreground when its RGB distance to the background colour (the median of the image's
+  one-pixel border, where ShapeStyle never draws shapes) is above the image's Otsu threshold; holes
+  are filled (outline and hatched fills draw only part of the shape: IoU on true renders of held-out
+  styles 0.65 -> 0.75). Textured backgrounds still leak into it: measure its ceiling on true renders.
+  """
+  from scipy import ndimage
+  x = np.asarray(images, np.float64)
+  if x.ndim != 4 or x.shape[-1] != 3:
+    raise ValueError(f"foreground_mask takes images [B, S, S, 3], got {x.shape}.")
+  border = np.concatenate([x[:, 0], x[:, -1], x[:, 1:-1, 0], x[:, 1:-1, -1]], axis=1)  # [B, 4S-4, 3]
+  dist = np.linalg.norm(x - np.median(border, axis=1)[:, None, None], axis=-1)
+  return np.stack([ndimage.binary_fill_holes(d > _otsu_threshold(d.reshape(-1))) for d in dist])
+
+
+def mask_iou(pred: Any, target: Any) -> np.ndarray:
+  """Per-item intersection over union of boolean masks [B, S, S] -> [B] (1 where both are empty)."""
+  p, t = np.asarray(pred) > 0.5, np.asarray(target) > 0.5
+  if p.shape != t.shape:
+    raise ValueError(f"mask_iou: shapes differ ({p.shape} vs {t.shape}).")
+  inter = np.logical_and(p, t).sum(axis=(1, 2))
+  union = np.logical_or(p, t).sum(axis=(1, 2))
+  return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def structure_adherence(images: Any, masks: Any) -> np.ndarray:
+  """Per image [B]: IoU of the estimated foreground of images [B, S, S, 3] with the given structure
+  masks [B, S, S]. Compare with the same images against other images' masks (chance level)."""
+  return mask_iou(foreground_mask(images), masks)
+
+
 # ------------------------------------------------------------------------------ CoTyle metrics
 def _groups(embs: Any) -> list[np.ndarray]:
   """[G, K, D] array or a sequence of [K_g, D] arrays -> list of L2-normalised [K_g, D] arrays."""

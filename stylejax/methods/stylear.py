@@ -280,7 +280,23 @@ def evaluate(workdir: str | ARImagePipeline, scorers: Any, num_styles: int = 10,
     img = embedder.embed_images(images)
     per_image["clip_t"] = M.cosine(img, embedder.embed_texts([c.caption for c in contents]))
     per_image["clip_i"] = M.cosine(img, embedder.embed_images(np.stack(refs))[si])
+  if structure is not None:
+    per_image.update(structure_scores(images, structure, contents, [styles[i] for i in si], seeds))
   return protocol.aggregate(per_image)["overall"]
+
+
+def structure_scores(images: np.ndarray, masks: np.ndarray, contents: Sequence[ss.Content],
+                     styles: Sequence[ss.Style], seeds: Sequence[int]) -> dict[str, np.ndarray]:
+  """Per image [N], IoU of the estimated foreground (`M.foreground_mask`) with: its structure mask
+  (structure_iou), the next image's mask (structure_iou_chance: what ignoring the mask scores) and,
+  for true renders of the same contents in the same styles, their own masks (structure_iou_ceiling:
+  what the estimator can see in these styles)."""
+  truth = [ss.render(c, st, images.shape[1], np.random.default_rng([int(s), 0x57C])) for c, st, s
+           in zip(contents, styles, seeds)]
+  return {"structure_iou": M.structure_adherence(images, masks),
+          "structure_iou_chance": M.structure_adherence(images, np.roll(masks, 1, axis=0)),
+          "structure_iou_ceiling": M.structure_adherence(np.stack([t[0] for t in truth]),
+                                                         np.stack([t[1] for t in truth]))}
 
 
 def sample_scores(scorers: Any, images: np.ndarray, prompt_contents: Sequence[ss.Content], ref_images: np.ndarray,
