@@ -18,6 +18,7 @@ chance level and the estimator's ceiling on true renders).
 
 Writes OUT/ablations.md (the table), OUT/ablations.json (all metrics) and one workdir per variant
 under OUT (re-running resumes / skips finished trainings; OUT/.jax_cache keeps compiled programs).
+Invocations with the same settings and OUT add their variants to one table (`--variants` in pieces).
 Runlocal takes ~1 min on 2 busy CPU cores, mostly the trainer's per-variant init + step compiles.
 """
 from __future__ import annotations
@@ -104,6 +105,22 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
   return "\n".join(lines) + "\n"
 
 
+# the settings that make two invocations' numbers comparable (same table)
+COMPARABLE = ("base", "steps", "dpo_steps", "runlocal", "scorers", "num_styles", "prompts_per_style", "samples",
+              "dpo_prompts", "seed")
+
+
+def earlier_results(path: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+  """Results an earlier invocation with the same settings left in OUT/ablations.json, so variants run
+  in several invocations end up in one table (a different setting starts the table afresh)."""
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    earlier = json.load(f)
+  same = all(earlier.get("args", {}).get(k) == getattr(args, k) for k in COMPARABLE)
+  return earlier.get("results", {}) if same else {}
+
+
 def _train(spec: str, workdir: str, overrides: dict[str, str]):
   """Trains (or resumes / skips) one variant; returns its sampling pipeline (from the final state
   when this call trained, so nothing is rebuilt or restored)."""
@@ -188,6 +205,8 @@ def main(argv: list[str] | None = None) -> str:
       overrides["total_steps"] = str(args.dpo_steps)
     pipe = _train(dpo_spec, os.path.join(args.out, DPO), overrides)
     results[DPO] = stylear.evaluate(pipe, scorers, **eval_kw)
+  results = {**earlier_results(os.path.join(args.out, "ablations.json"), args), **results}
+  results = {name: results[name] for name in [BASE, *VARIANTS, DPO] if name in results}
   text = table(results, args)
   with open(os.path.join(args.out, "ablations.md"), "w") as f:
     f.write(text)
