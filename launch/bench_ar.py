@@ -183,12 +183,7 @@ def main(argv: list[str] | None = None) -> str:
   rows = bench(configs, batches, a.prompt_len, steps, repeats, threads, log)
   header = (f"AR decode, prompt {a.prompt_len} + {steps} new tokens, median of {repeats} paired runs "
             f"(ratio = stylejax / transformers). Machine: {desc}.")
-  table = markdown(rows, header)
-  print(table)
-  if a.out:
-    with open(a.out, "w") as f:
-      f.write(table)
-  return table
+  return bench_util.emit(markdown(rows, header), a.out)
 
 
 if __name__ == "__main__":

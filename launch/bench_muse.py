@@ -269,12 +269,7 @@ def main(argv: list[str] | None = None) -> str:
             f"CFG scale {CFG_SCALE:g}, StyleDrop λA={SCALES['lambda_a']:g} λB={SCALES['lambda_b']:g}; median of "
             f"{repeats} rotated runs (ratios: medians of per-repeat ratios; speedup = reference / stylejax cfg). "
             f"Machine: {desc}; 1-min load at end {os.getloadavg()[0]:.1f}.")
-  table = markdown(rows, header)
-  print(table)
-  if a.out:
-    with open(a.out, "w") as f:
-      f.write(table)
-  return table
+  return bench_util.emit(markdown(rows, header), a.out)
 
 
 if __name__ == "__main__":

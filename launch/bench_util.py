@@ -52,3 +52,12 @@ def cpu_and_load() -> str:
     pass
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
   return f"{cpu}, {os.cpu_count()} cores (1-min load {load:.1f} at start"
+
+
+def emit(table: str, path: str | None) -> str:
+  """Prints a benchmark's markdown table and, with `path`, writes it there too."""
+  print(table)
+  if path:
+    with open(path, "w") as f:
+      f.write(table)
+  return table
