@@ -85,7 +85,7 @@ def info(name: str, root: str | None = None) -> dict[str, Any]:
   weights, record = _files(part, root)
   if not (os.path.exists(weights) and os.path.exists(record)):
     raise ShippedError(f"{PREFIX + part} is not built in this install ({weights} missing); rebuild the shipped "
-                       f"models with `bash launch/build_shapestyle.py` or pass a trained workdir instead.")
+                       f"models with `python launch/build_shapestyle.py` or pass a trained workdir instead.")
   with open(record) as f:
     return json.load(f)
 

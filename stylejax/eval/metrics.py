@@ -191,7 +191,7 @@ def _otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
   m0 = s0 / np.maximum(w0, 1)
   m1 = (float((hist * centers).sum()) - s0) / np.maximum(w1, 1)
   between = np.where(valid, w0 * w1 * (m0 - m1) ** 2, -1.0)
-  return float(edges[1:][:-1][int(np.argmax(between))])
+  return float(edges[1:-1][int(np.argmax(between))])  # upper edge of the best lower class
 
 
 def foreground_mask(images: Any) -> np.ndarray:
