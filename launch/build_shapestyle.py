@@ -1,11 +1,13 @@
 """Rebuilds every shipped ShapeStyle model (package data) from scratch and measures it.
 
-  python launch/build_shapestyle.py                         # all parts, ~1.5 h on a 2-core CPU
-  python launch/build_shapestyle.py --parts base --eval     # retrain one part, re-measure everything
+  python launch/build_shapestyle.py                   # all parts, ~5 h of training on a 2-core CPU
+  python launch/build_shapestyle.py --parts base      # retrain one part, re-measure everything
+  python launch/build_shapestyle.py --eval --quick    # only re-measure the shipped parts
 
-Per part, in dependency order (the Muse base trains on the *shipped* tokenizer and CLIP):
-  1. `stylejax train --config configs/shapestyle.py:<part> --workdir ROOT/<part>` (resumes if killed)
-  2. export ROOT/<part> -> stylejax/assets/shapestyle/<part>.{safetensors,json}
+Per part, in dependency order (the generators train on the *shipped* tokenizer and CLIP):
+  1. `stylejax train --config configs/shapestyle.py:<part> --workdir ROOT/<part>` (resumes if killed);
+     the tokenizer is a chain of three such commands (configs/shapestyle.py TOKENIZER_STAGES)
+  2. export the final workdir -> stylejax/assets/shapestyle/<part>.{safetensors,json}
 Then every exported part is measured with `stylejax.eval.shapestyle_eval` and its metrics go into its
 JSON record and launch/BUILD_SHAPESTYLE.md, with each part's training wall time (summed over resumed
 runs) and the machine it ran on.
@@ -23,23 +25,39 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 ORDER = ("tokenizer", "clip", "base", "content", "style", "ar")
-COMMAND = "stylejax train --config configs/shapestyle.py:{part} --workdir {workdir}"
 # The generators (~4M params each, mostly the 4096-code embedding and head) ship as float16 so all parts
 # fit the 30 MB package budget; they load back as float32 and are measured from the exported files.
 SHIP_DTYPE = {"base": "float16", "ar": "float16"}
 
 
-def train(part: str, root: str, extra: list[str]) -> float:
-  """Runs the part's one training command; returns this call's wall seconds (also appended to a log)."""
-  workdir = os.path.join(root, part)
-  cmd = [sys.executable, "-m", "stylejax", "train", f"--config=configs/shapestyle.py:{part}",
-         f"--workdir={workdir}", *extra]
-  t0 = time.time()
-  subprocess.run(cmd, cwd=ROOT, check=True)
-  seconds = time.time() - t0
-  with open(os.path.join(root, "times.jsonl"), "a") as f:
-    f.write(json.dumps({"part": part, "seconds": seconds, "args": extra}) + "\n")
-  return seconds
+def stages(part: str, root: str) -> list[tuple[str, list[str]]]:
+  """[(workdir, `stylejax train` args)] for a part: one command, or a chain where each stage starts
+  `init_from` the previous one (the tokenizer: configs/shapestyle.py TOKENIZER_STAGES)."""
+  from configs import shapestyle
+  overrides = shapestyle.TOKENIZER_STAGES if part == "tokenizer" else ((),)
+  workdirs = ([os.path.join(root, part)] if len(overrides) == 1 else
+              [os.path.join(root, f"{part}_stage{i + 1}") for i in range(len(overrides))])
+  out = []
+  for i, (workdir, extra) in enumerate(zip(workdirs, overrides)):
+    init = [f"--config.init_from.workdir={workdirs[i - 1]}"] if i else []
+    out.append((workdir, [f"--config=configs/shapestyle.py:{part}", *extra, *init, f"--workdir={workdir}"]))
+  return out
+
+
+def train(part: str, root: str, extra: list[str]) -> str:
+  """Runs the part's training command(s), logging each one's wall seconds; returns the final workdir."""
+  for workdir, args in stages(part, root):
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "stylejax", "train", *args, *extra], cwd=ROOT, check=True)
+    with open(os.path.join(root, "times.jsonl"), "a") as f:
+      f.write(json.dumps({"part": part, "seconds": time.time() - t0, "args": extra,
+                          "workdir": workdir}) + "\n")
+  return workdir
+
+
+def command(part: str) -> str:
+  """The recorded shell command that reproduces a part (stages joined with &&)."""
+  return " && ".join("stylejax train " + " ".join(args) for _, args in stages(part, "/tmp/ss"))
 
 
 def wall_times(root: str) -> dict[str, float]:
@@ -76,10 +94,8 @@ def main() -> None:
   if not args.eval:
     for part in parts:
       print(f"== {part}: training", flush=True)
-      train(part, args.root, extra)
-      shipped.export(os.path.join(args.root, part), part,
-                     command=COMMAND.format(part=part, workdir=f"/tmp/ss_{part}"),
-                     dtype=SHIP_DTYPE.get(part, "float32"))
+      workdir = train(part, args.root, extra)
+      shipped.export(workdir, part, command=command(part), dtype=SHIP_DTYPE.get(part, "float32"))
 
   if args.no_eval:
     return
