@@ -6,7 +6,7 @@
 
 Per part, in dependency order (the generators train on the *shipped* tokenizer and CLIP):
   1. `stylejax train --config configs/shapestyle.py:<part> --workdir ROOT/<part>` (resumes if killed);
-     the tokenizer is a chain of three such commands (configs/shapestyle.py TOKENIZER_STAGES)
+     the tokenizer is a chain of three such commands (configs/shapestyle.py STAGES)
   2. export the final workdir -> stylejax/assets/shapestyle/<part>.{safetensors,json}
 Then every exported part is measured with `stylejax.eval.shapestyle_eval` and its metrics go into its
 JSON record and launch/BUILD_SHAPESTYLE.md, with each part's training wall time (summed over resumed
@@ -32,9 +32,9 @@ SHIP_DTYPE = {"base": "float16", "ar": "float16"}
 
 def stages(part: str, root: str) -> list[tuple[str, list[str]]]:
   """[(workdir, `stylejax train` args)] for a part: one command, or a chain where each stage starts
-  `init_from` the previous one (the tokenizer: configs/shapestyle.py TOKENIZER_STAGES)."""
+  `init_from` the previous one (configs/shapestyle.py STAGES)."""
   from configs import shapestyle
-  overrides = shapestyle.TOKENIZER_STAGES if part == "tokenizer" else ((),)
+  overrides = shapestyle.STAGES.get(part, ((),))
   workdirs = ([os.path.join(root, part)] if len(overrides) == 1 else
               [os.path.join(root, f"{part}_stage{i + 1}") for i in range(len(overrides))])
   out = []
