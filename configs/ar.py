@@ -4,7 +4,7 @@
   stylejax train --config configs/ar.py:runlocal --workdir /tmp/a        # seconds; untrained parts
   stylejax train --config configs/ar.py:uncond=null_prefix --workdir ... # LlamaGen's learned null prefix
 
-Sequence: CLIP text states [48, 128] -> prefix_proj; BOI; 64 image ids (8x8 from the 4096-code VQGAN).
+Sequence: CLIP text states [48, 128] -> prefix_proj; BOI; 64 image ids (8x8 from the shipped 128-code VQGAN).
 Loss on image ids only; 10% condition dropout for CFG with StyleAR's image-only unconditional
 context by default (REFERENCE §4; `uncond=null_prefix` for LlamaGen's, §7). Sampling defaults in
 `config.sample` (CFG 4.0 as StyleAR/LlamaGen demos; top-k off).
@@ -21,8 +21,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c = common.base_config(arg.runlocal)
   c.task = "stylejax.models.ar_t2i:ARImageTask"
   c.model = ml_collections.ConfigDict(dict(
-      codebook_size=4096, seq_len=64, text_dim=128, text_len=48, vocab_multiple=8,
-      # Llama decoder, 2.0M params; ~44 GFLOP per training step at batch 32 (flops_per_example)
+      codebook_size=common.SHAPESTYLE_CODES, seq_len=64, text_dim=128, text_len=48, vocab_multiple=8,
+      # Llama decoder, 1.8M params with the shipped 128-code vocabulary (3.4M with 4096 codes)
       hidden=192, layers=4, heads=4, kv_heads=4, head_dim=48, mlp_dim=512, rope="1d", rope_theta=10000.0,
       rms_eps=1e-6, init_std=0.02,
       lora_rank=0, lora_targets=["q", "k", "v", "o", "down", "lm_head"]))
@@ -34,9 +34,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
                                           heldout_prompts=0.1))  # 10% of (content, style) never trained
   c.tokenizer, c.text_encoder = common.shapestyle_parts(arg.runlocal)
   c.image_encoder = ml_collections.ConfigDict(dict(workdir="", config=""))  # empty: the text encoder's CLIP
-  # Measured 1.15 steps/s (batch 32, one CPU device, 30 steps with random parts; the 2 cores were
-  # shared with 3 other jobs, load average ~6): 1800 steps in ~26 min there, less on a quieter
-  # machine. On an accelerator raise batch and steps.
+  # Measured 1.12 steps/s (batch 32, one CPU device) with the Muse base training beside it on the 2 cores:
+  # 1800 steps in 26.7 min. On an accelerator raise batch and steps.
   c.total_steps = 1800
   c.batch_size = 32
   c.optimizer.update(lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.05, warmup_steps=100)

@@ -129,6 +129,11 @@ def sample_config(**overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(s)
 
 
+# Ids of the shipped ShapeStyle tokenizer: trained with 4096 codes, then merged (configs/shapestyle.py
+# MERGE_CODES). The generators' vocabulary must match it.
+SHAPESTYLE_CODES = 128
+
+
 def shapestyle_parts(runlocal: bool) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
   """(tokenizer, text_encoder) part specs of the ShapeStyle world: the shipped parts, or for runlocal
   a random init of their `config` (an empty `workdir` means random init; smoke runs only)."""

@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 ORDER = ("tokenizer", "clip", "base", "content", "style", "ar")
-# The generators (~4M params each, mostly the 4096-code embedding and head) ship as float16 so all parts
+# The generators (2.5M / 1.8M params, the largest parts after CLIP) ship as float16 so all parts
 # fit the 30 MB package budget; they load back as float32 and are measured from the exported files.
 SHIP_DTYPE = {"base": "float16", "ar": "float16"}
 
@@ -57,7 +57,34 @@ def train(part: str, root: str, extra: list[str]) -> str:
 
 def command(part: str) -> str:
   """The recorded shell command that reproduces a part (stages joined with &&)."""
-  return " && ".join("stylejax train " + " ".join(args) for _, args in stages(part, "/tmp/ss"))
+  from configs import shapestyle
+  chain = " && ".join("stylejax train " + " ".join(args) for _, args in stages(part, "/tmp/ss"))
+  if part in shapestyle.MERGE_CODES:
+    chain += f"  # then its codebook merged to {shapestyle.MERGE_CODES[part]} codes (build_shapestyle.merge_codes)"
+  return chain
+
+
+def merge_codes(workdir: str, num_codes: int, num_images: int = 2048):
+  """(config, params) of the tokenizer in `workdir` with its codebook k-means-merged to `num_codes`
+  (`vqgan.merge_codebook`) over the ids of its first `num_images` training images."""
+  import jax
+  import numpy as np
+  from stylejax.data.shapestyle import ShapeStyleSource
+  from stylejax.models import vqgan
+  from stylejax.models.parts import ImageTokenizer
+  from stylejax.train import trainer
+  from stylejax.train.task import load_task
+  config, params = trainer.load_params(workdir, devices=jax.devices()[:1])
+  tokenizer = ImageTokenizer(load_task(config), trainer.params_to_numpy(params))
+  source = ShapeStyleSource("train", int(config.data.image_size), int(config.data.seed), config.data.styles)
+  ids = np.concatenate([tokenizer.encode(np.stack([source[j]["image"] for j in range(i, min(i + 256, num_images))]))
+                        for i in range(0, num_images, 256)])
+  params = dict(tokenizer.params)
+  params["quantizer"] = {"codebook": vqgan.merge_codebook(params["quantizer"]["codebook"], ids, num_codes)}
+  config = config.copy_and_resolve_references()
+  config.unlock()
+  config.model.codebook_size = num_codes
+  return config, params
 
 
 def wall_times(root: str) -> dict[str, float]:
@@ -86,6 +113,7 @@ def main() -> None:
   ap.add_argument("--quick", action="store_true", help="measure on ~4x fewer images")
   ap.add_argument("--no-eval", dest="no_eval", action="store_true", help="train and export only")
   args, extra = ap.parse_known_args()
+  from configs import shapestyle
   from stylejax import shipped
   from stylejax.eval import shapestyle_eval
 
@@ -95,7 +123,11 @@ def main() -> None:
     for part in parts:
       print(f"== {part}: training", flush=True)
       workdir = train(part, args.root, extra)
-      shipped.export(workdir, part, command=command(part), dtype=SHIP_DTYPE.get(part, "float32"))
+      if part in shapestyle.MERGE_CODES:
+        config, params = merge_codes(workdir, shapestyle.MERGE_CODES[part])
+        shipped.export_params(config, params, part, command(part), merged_from=workdir)
+      else:
+        shipped.export(workdir, part, command=command(part), dtype=SHIP_DTYPE.get(part, "float32"))
 
   if args.no_eval:
     return

@@ -22,7 +22,7 @@ PREFIX = "shapestyle:"
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "shapestyle")
 # part name -> what it is (the README table and error messages use these)
 PARTS = {
-    "tokenizer": "VQGAN image tokenizer, 64x64 -> 8x8 ids from 4096 codes",
+    "tokenizer": "VQGAN image tokenizer, 64x64 -> 8x8 ids from 128 codes (merged from 4096)",
     "clip": "tiny CLIP (text tower for Muse/AR prompts; CLIP-T/CLIP-I metrics)",
     "content": "content classifier scorer (shape, color, count)",
     "style": "style encoder scorer (CSD analogue)",
@@ -107,18 +107,25 @@ def export(workdir: str, part: str, command: str, metrics: Mapping[str, Any] | N
   `dtype="float16"` halves the file (the package budget is 30 MB); params load back as float32,
   so recorded metrics must be measured on the exported files (see launch/build_shapestyle.py).
   """
+  from stylejax.train import trainer
+  config, params = trainer.load_params(workdir, devices=jax.devices()[:1])
+  return export_params(config, params, part, command, metrics, dtype, root)
+
+
+def export_params(config: ml_collections.ConfigDict, params: Any, part: str, command: str,
+                  metrics: Mapping[str, Any] | None = None, dtype: str = "float32", root: str | None = None,
+                  **extra: Any) -> tuple[str, str]:
+  """`export` from (config, params) in hand, e.g. after a post-training step; `extra` goes in the record."""
   from safetensors.numpy import save_file
   from stylejax import config as config_lib
-  from stylejax.train import trainer
   part = _part(part)
-  config, params = trainer.load_params(workdir, devices=jax.devices()[:1])
   flat = {k: v.astype(dtype) for k, v in flatten_params(params).items()}
   weights, record_path = _files(part, root)
   os.makedirs(os.path.dirname(weights), exist_ok=True)
   save_file(flat, weights)
   record = {"part": part, "what": PARTS[part], "command": command, "dtype": dtype,
             "num_params": int(sum(v.size for v in flat.values())),
-            "config": json.loads(config_lib.to_json(config)), "metrics": dict(metrics or {})}
+            "config": json.loads(config_lib.to_json(config)), "metrics": dict(metrics or {}), **extra}
   with open(record_path, "w") as f:
     json.dump(record, f, indent=1, sort_keys=True)
   return weights, record_path

@@ -31,9 +31,12 @@ def test_parts_are_what_they_claim():
   f = 2 ** (len(tok.model.channel_multipliers) - 1)
   assert tok.data.name == "shapestyle" and tok.data.image_size == tok.model.image_size == 64
   assert tok.data.image_size // f == 8 and 256 <= tok.model.codebook_size <= 8192  # 8x8 tokens
+  from configs import shapestyle
+  shipped_codes = shapestyle.MERGE_CODES.get("tokenizer", tok.model.codebook_size)  # after the merge step
+  assert shipped_codes <= tok.model.codebook_size
   for part in ("base", "ar"):  # the text-to-image bases must match the tokenizer and CLIP they train on
     cfg = load(part)
-    assert (cfg.model.seq_len, cfg.model.codebook_size) == (64, tok.model.codebook_size), part
+    assert (cfg.model.seq_len, cfg.model.codebook_size) == (64, shipped_codes), part
     assert cfg.model.text_dim == load("clip").model.hidden, part
     assert (cfg.tokenizer.workdir, cfg.text_encoder.workdir) == ("shapestyle:tokenizer", "shapestyle:clip"), part
   tasks = {p: load(p).task for p in ("clip", "content", "style")}

@@ -52,6 +52,30 @@ def test_export_load_round_trip(assets, monkeypatch):
   assert json.load(open(os.path.join(root, "tokenizer.json")))["metrics"]["x"] == 1.0
 
 
+def test_merged_tokenizer_exports_and_tokenizes(assets, tmp_path):
+  """The build's codebook-merge step: a smaller codebook, same encoder/decoder, loadable as a part."""
+  import importlib.util
+  from stylejax.models.parts import ImageTokenizer
+  from stylejax.train.task import load_task
+  spec = importlib.util.spec_from_file_location("build_shapestyle", os.path.join(REPO, "launch", "build_shapestyle.py"))
+  build = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(build)
+  _, runs = assets
+  _, before = trainer.load_params(runs["tokenizer"])
+  config, params = build.merge_codes(runs["tokenizer"], 4, num_images=64)
+  shipped.export_params(config, params, "tokenizer", "test merge", root=str(tmp_path), merged_from=runs["tokenizer"])
+  config, params = shipped.load("shapestyle:tokenizer", str(tmp_path))
+  assert config.model.codebook_size == 4 and params["quantizer"]["codebook"].shape == (4, 8)
+  got, want = shipped.flatten_params(params), shipped.flatten_params(before)
+  for k in got:  # encoder and decoder unchanged
+    if not k.startswith("quantizer"):
+      np.testing.assert_array_equal(got[k], want[k])
+  tok = ImageTokenizer(load_task(config), params)
+  ids = tok.encode(np.zeros((2, 32, 32, 3), np.uint8))
+  assert ids.shape == (2, 16) and ids.max() < 4 and tok.decode(ids).shape == (2, 32, 32, 3)
+  assert shipped.info("shapestyle:tokenizer", str(tmp_path))["merged_from"] == runs["tokenizer"]
+
+
 def test_unknown_and_missing_names_are_clear_errors(tmp_path):
   with pytest.raises(shipped.ShippedError, match="unknown shipped model"):
     shipped.load("shapestyle:nope", str(tmp_path))

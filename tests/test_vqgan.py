@@ -293,6 +293,25 @@ def test_revive_dead_codes_replaces_only_dead_rows():
   assert not np.array_equal(new[1], new[3])  # drawn without replacement
 
 
+def test_merge_codebook_merges_used_near_twins_and_drops_unused():
+  rng = np.random.default_rng(0)
+  centers = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+  # 3 visual patches, each spread over 4 near-twin codes; codes 12.. are never used and lie far away.
+  codebook = np.concatenate([np.repeat(centers, 4, axis=0) + 0.01 * rng.normal(size=(12, 2)),
+                             np.full((20, 2), 500.0)]).astype(np.float32)
+  ids = np.concatenate([np.arange(12)] * 5 + [np.zeros(40, int)])  # code 0 used far more than its twins
+  merged = vq.merge_codebook(codebook, ids, 3)
+  assert merged.shape == (3, 2) and merged.dtype == np.float32
+  got = merged[np.argsort(merged[:, 0] + 2 * merged[:, 1])]
+  np.testing.assert_allclose(got, centers, atol=0.05)
+  np.testing.assert_array_equal(merged, vq.merge_codebook(codebook, ids, 3))  # deterministic
+  # usage weighting: the centroid of patch 0 sits at the usage-weighted mean of its twins
+  w = np.bincount(ids, minlength=32)[:4].astype(float)
+  np.testing.assert_allclose(got[0], (w[:, None] * codebook[:4]).sum(0) / w.sum(), atol=1e-5)
+  with pytest.raises(ValueError, match="only 12 codes are used"):
+    vq.merge_codebook(codebook, ids, 16)
+
+
 # ---------------------------------------------------------------------------------------------
 # GAN, perceptual, data, sharding
 

@@ -409,6 +409,25 @@ def revive_dead_codes(codebook: Array, usage_counts: Array, batch_features: Arra
   return jnp.where(dead, seeds, codebook)
 
 
+def merge_codebook(codebook: np.ndarray, ids: np.ndarray, num_codes: int, seed: int = 0,
+                   iters: int = 30) -> np.ndarray:
+  """Shrinks a trained codebook [K, D] to [num_codes, D] by k-means over the code vectors of `ids`.
+
+  ids: token ids of representative images (any shape); each code weighs by how often it is used, so
+  unused codes vanish and near-duplicate codes (one visual patch spread over many ids by the entropy
+  and dead-code terms) merge into one. k-means++ init (Arthur & Vassilvitskii 2007), `seed` fixed, so
+  the result is deterministic. The encoder and decoder are unchanged: re-quantizing with the merged
+  codes is nearest-centroid lookup. Host-side numpy/scipy (a one-off build step, not a train step).
+  """
+  from scipy.cluster.vq import kmeans2
+  vectors = np.asarray(codebook, np.float64)[np.asarray(ids).reshape(-1)]
+  if len(np.unique(np.asarray(ids))) < num_codes:
+    raise ValueError(f"only {len(np.unique(np.asarray(ids)))} codes are used by these ids; merging to "
+                     f"{num_codes} needs at least that many distinct codes (encode more images).")
+  centroids, _ = kmeans2(vectors, num_codes, iter=iters, minit="++", seed=seed)
+  return centroids.astype(np.float32)
+
+
 # ----------------------------------------------------------------------------------------------
 # Data: a tiny deterministic procedural world (until ShapeStyle is wired in)
 
