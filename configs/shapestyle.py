@@ -153,9 +153,9 @@ STAGES = {"tokenizer": (
 
 # After its stages, the shipped tokenizer's codebook is merged to this many codes (usage-weighted k-means,
 # `vqgan.merge_codebook`; encoder and decoder unchanged). Training leaves one visual patch spread over many
-# near-twin ids (584 of 4096 codes in use; 55% of them decode within RMS 0.01 of another). Reconstructions
-# (build eval, named / held-out styles, n = 37): shape 0.76 / 0.60 -> 0.76 / 0.68, style_fidelity 0.52 / 0.26
-# -> 0.48 / 0.17. The generators on 128 codes are 40-45% smaller and predict their targets better (Muse
+# near-twin ids (a one-off probe: 584 of 4096 codes in use, 55% decoding within RMS 0.01 of another).
+# Reconstructions (build eval, named / held-out styles, n = 37): shape 0.76 / 0.60 -> 0.76 / 0.68,
+# style_fidelity 0.52 / 0.26 -> 0.48 / 0.17. The generators on 128 codes are 40-45% smaller and predict their targets better (Muse
 # masked accuracy 0.23 -> 0.31), though they still draw blobs (README).
 MERGE_CODES = {"tokenizer": common.SHAPESTYLE_CODES}
 

@@ -77,8 +77,8 @@ def merge_codes(workdir: str, num_codes: int, num_images: int = 2048):
   config, params = trainer.load_params(workdir, devices=jax.devices()[:1])
   tokenizer = ImageTokenizer(load_task(config), trainer.params_to_numpy(params))
   source = ShapeStyleSource("train", int(config.data.image_size), int(config.data.seed), config.data.styles)
-  ids = np.concatenate([tokenizer.encode(np.stack([source[j]["image"] for j in range(i, min(i + 256, num_images))]))
-                        for i in range(0, num_images, 256)])
+  batches = [range(i, min(i + 256, num_images)) for i in range(0, num_images, 256)]
+  ids = np.concatenate([tokenizer.encode(np.stack([source[j]["image"] for j in b])) for b in batches])
   params = dict(tokenizer.params)
   params["quantizer"] = {"codebook": vqgan.merge_codebook(params["quantizer"]["codebook"], ids, num_codes)}
   config = config.copy_and_resolve_references()
@@ -123,11 +123,12 @@ def main() -> None:
     for part in parts:
       print(f"== {part}: training", flush=True)
       workdir = train(part, args.root, extra)
+      dtype = SHIP_DTYPE.get(part, "float32")
       if part in shapestyle.MERGE_CODES:
         config, params = merge_codes(workdir, shapestyle.MERGE_CODES[part])
-        shipped.export_params(config, params, part, command(part), merged_from=workdir)
+        shipped.export_params(config, params, part, command(part), dtype=dtype, merged_from=workdir)
       else:
-        shipped.export(workdir, part, command=command(part), dtype=SHIP_DTYPE.get(part, "float32"))
+        shipped.export(workdir, part, command=command(part), dtype=dtype)
 
   if args.no_eval:
     return

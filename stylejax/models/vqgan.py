@@ -420,11 +420,12 @@ def merge_codebook(codebook: np.ndarray, ids: np.ndarray, num_codes: int, seed: 
   codes is nearest-centroid lookup. Host-side numpy/scipy (a one-off build step, not a train step).
   """
   from scipy.cluster.vq import kmeans2
-  vectors = np.asarray(codebook, np.float64)[np.asarray(ids).reshape(-1)]
-  if len(np.unique(np.asarray(ids))) < num_codes:
-    raise ValueError(f"only {len(np.unique(np.asarray(ids)))} codes are used by these ids; merging to "
-                     f"{num_codes} needs at least that many distinct codes (encode more images).")
-  centroids, _ = kmeans2(vectors, num_codes, iter=iters, minit="++", seed=seed)
+  ids = np.asarray(ids).reshape(-1)
+  used = len(np.unique(ids))
+  if used < num_codes:
+    raise ValueError(f"only {used} codes are used by these ids; merging to {num_codes} needs at least that "
+                     f"many distinct codes (encode more images).")
+  centroids, _ = kmeans2(np.asarray(codebook, np.float64)[ids], num_codes, iter=iters, minit="++", seed=seed)
   return centroids.astype(np.float32)
 
 
