@@ -443,10 +443,10 @@ class ARImagePipeline:
   params: Any
 
   @classmethod
-  def load(cls, workdir: str) -> "ARImagePipeline":
+  def load(cls, workdir: str, step: int | None = None) -> "ARImagePipeline":
     from stylejax.train import trainer
     from stylejax.train.task import load_task
-    config, params = trainer.load_params(workdir)
+    config, params = trainer.load_params(workdir, step=step)
     task = load_task(config)
     if not isinstance(task, ARImageTask):
       raise PipelineError(f"{workdir} is a {type(task).__name__} run; this pipeline samples AR image runs.")

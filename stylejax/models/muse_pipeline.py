@@ -40,11 +40,11 @@ class MusePipeline:
   text: TextEncoder | None = None
 
   @classmethod
-  def load(cls, workdir: str) -> "MusePipeline":
-    """From a trained workdir (config.json + checkpoints)."""
+  def load(cls, workdir: str, step: int | None = None) -> "MusePipeline":
+    """From a trained workdir (config.json + checkpoints; `step` picks a checkpoint, default the latest)."""
     from stylejax.train import trainer
     from stylejax.train.task import load_task
-    config, params = trainer.load_params(workdir)
+    config, params = trainer.load_params(workdir, step=step)
     task = load_task(config)
     if not isinstance(task, MuseTask):
       raise PipelineError(f"{workdir} is a {type(task).__name__} run; this pipeline samples MuseTask runs.")

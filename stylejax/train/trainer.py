@@ -206,8 +206,10 @@ def _flops_per_step(task: Task, config, compiled) -> float | None:
   return per_device * jax.device_count() if per_device else None
 
 
-def load_params(workdir: str, devices: Sequence[jax.Device] | None = None, use_ema: bool = True) -> tuple[Any, Any]:
-  """Restores (config, params) from a workdir's latest checkpoint onto `devices` (default: all).
+def load_params(workdir: str, devices: Sequence[jax.Device] | None = None, use_ema: bool = True,
+                step: int | None = None) -> tuple[Any, Any]:
+  """Restores (config, params) from a workdir's checkpoint `step` (default: the latest) onto `devices`
+  (default: all).
 
   A shipped name ("shapestyle:base") returns its config and numpy params instead.
   """
@@ -225,7 +227,9 @@ def load_params(workdir: str, devices: Sequence[jax.Device] | None = None, use_e
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
   if checkpointer.latest_step() is None:
     raise TrainError(f"{workdir} has no checkpoint yet; train first.")
-  state, _ = checkpointer.restore(state, with_data=False)
+  if step is not None and step not in checkpointer.all_steps():
+    raise TrainError(f"{workdir} has no checkpoint at step {step}; it has {checkpointer.all_steps()}.")
+  state, _ = checkpointer.restore(state, step=step, with_data=False)
   checkpointer.close()
   params = state["ema"] if (use_ema and "ema" in state) else state["params"]
   return config, params
