@@ -20,7 +20,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.task = "stylejax.models.muse:MuseTask"
   c.model = ml_collections.ConfigDict(dict(
       layout="maskgit", codebook_size=common.SHAPESTYLE_CODES, seq_len=64, num_classes=216, null_class=True,
-      width=256, depth=6, heads=8, mlp_dim=1024, dropout=0.1,
+      width=256, depth=6, heads=8, mlp_dim=1024, dropout=0.1, conv_blocks=0,
       label_smoothing=0.1, mask_schedule="cosine", min_mask_rate=0.0,
       cond_dropout=0.1,  # trains the null class so CFG is available at sampling time
       adapters=ml_collections.ConfigDict(dict(kind="none"))))

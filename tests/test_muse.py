@@ -154,7 +154,7 @@ def test_text_mask_hides_padding():
 @pytest.mark.parametrize("layout,scan", [("maskgit", False), ("muse", True)])
 def test_every_param_has_logical_names(layout, scan):
   kind = "lora" if layout == "muse" else "styledrop"
-  c = config(layout, scan_layers=scan, gated_mlp=True,
+  c = config(layout, scan_layers=scan, gated_mlp=True, conv_blocks=1,
              adapters=AdapterConfig(kind=kind, targets=("query", "out", "mlp_in") if kind == "lora" else None))
   boxed = jax.eval_shape(lambda r: init(c), jax.random.key(0))
   leaves = jax.tree_util.tree_leaves_with_path(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
@@ -165,6 +165,29 @@ def test_every_param_has_logical_names(layout, scan):
       assert leaf.names[0] == "layers"
   names = {n for _, leaf in leaves for n in leaf.names}
   assert {"embed", "heads", "kv", "mlp", "vocab", "norm", "adapter"} <= names
+
+
+def test_conv_stage_is_local_and_translation_equivariant():
+  # The token-grid ConvNeXt stage (conv_blocks): what it learns at one position holds at every other.
+  c = config("muse", conv_blocks=2, width=8)
+  stage = muse.ConvStage(c)
+  x = jax.random.normal(jax.random.key(0), (1, 64, 8))
+  params = stage.init(jax.random.key(1), x)["params"]
+  params = nn.meta.unbox(params)  # GRN's gamma/beta start at 0 (identity); its global norm is not local
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, p: p if "grn" in jax.tree_util.keystr(path) else p + 0.1 * jax.random.normal(jax.random.key(2), p.shape),
+      params)
+  f = lambda v: np.asarray(stage.apply({"params": params}, v)).reshape(8, 8, 8)
+  grid = np.asarray(x).reshape(8, 8, 8)
+  shifted = np.roll(grid, (1, 2), axis=(0, 1))
+  np.testing.assert_allclose(np.roll(f(x), (1, 2), axis=(0, 1))[3:6, 4:6], f(shifted.reshape(1, 64, 8))[3:6, 4:6],
+                             rtol=1e-5, atol=1e-5)  # away from the zero-padded border
+  poked = grid.copy()
+  poked[0, 0] += 1.0
+  changed = np.abs(f(poked.reshape(1, 64, 8)) - f(x)).max(-1) > 1e-6
+  assert changed[0, 0] and not changed[3:, :].any() and not changed[:, 3:].any()  # 2 blocks x 3x3: radius 2
+  with pytest.raises(ValueError, match="square token grid"):
+    config("muse", conv_blocks=1, seq_len=15)
 
 
 def test_sharded_forward_matches():

@@ -25,6 +25,9 @@ Adapters. With `adapters.kind` set, params gain one subtree params["adapters"] (
 and `apply(..., adapters=False)` on the same tree runs the base model (StyleDrop guidance
 needs both). Adapters work with scanned and unscanned layers alike.
 
+`conv_blocks` > 0 wraps the transformer in ConvNeXt stages on the token grid (`conv_in` after the
+embedding, `conv_out` before the head), as aMUSEd's U-ViT does; 0 keeps the papers' plain transformer.
+
 Layers are `layers_{i}` submodules, or with `scan_layers` one `layers` submodule whose params
 have a leading "layers" axis; `stack_layers` / `unstack_layers` convert between the two.
 """
@@ -75,6 +78,11 @@ class MuseConfig:
   activation: str = "gelu"
   scan_layers: bool = False
   remat: bool = False
+  # ConvNeXt blocks on the token grid before and after the transformer (aMUSEd's UVit2D down/up
+  # blocks): translation-equivariant local mixing, so a shape's token pattern is learned once for
+  # every position instead of per position embedding. 0 = the plain transformer of the papers.
+  conv_blocks: int = 0
+  conv_kernel: int = 3
   adapters: AdapterConfig = AdapterConfig()
 
   def __post_init__(self):
@@ -83,6 +91,8 @@ class MuseConfig:
       raise ValueError(f"model.width={self.width} must be divisible by model.heads={self.heads}.")
     if self.null_text not in ("learned", "zeros"):
       raise ValueError(f"model.null_text={self.null_text!r}; use 'learned' or 'zeros'.")
+    if self.conv_blocks and math.isqrt(self.seq_len) ** 2 != self.seq_len:
+      raise ValueError(f"model.conv_blocks needs a square token grid; model.seq_len={self.seq_len} is not a square.")
 
   @property
   def vocab_size(self) -> int:
@@ -360,6 +370,48 @@ register_layout("maskgit", Layout(MaskGITEmbed, PostLNBlock, MaskGITHead, ("self
 register_layout("muse", Layout(MuseEmbed, PreLNCrossBlock, MuseHead, ("self_attn", "cross_attn"), default_eps=1e-6))
 
 
+# --------------------------------------------------------------------------- token-grid conv stage
+
+class ConvNeXtBlock(_LayoutModule):
+  """x + Dense(GRN(gelu(Dense(LN(dwconv(x)))))) on the token grid [B, h, w, D] (aMUSEd UVit2D ConvNextBlock,
+  without its AdaLN micro-conditioning; GRN as ConvNeXt V2, Woo et al. 2023)."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c, d = self.config, x.shape[-1]
+    k = c.conv_kernel
+    zeros = nn.initializers.zeros
+
+    def dense(features, names, name):
+      return nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+                      kernel_init=_named(_init(c), names), bias_init=_named(zeros, names[1:]))
+
+    y = nn.Conv(d, (k, k), padding="SAME", feature_group_count=d, dtype=self.dtype, param_dtype=self.param_dtype,
+                kernel_init=_named(_init(c), (None, None, None, "embed")), bias_init=_named(zeros, ("embed",)),
+                name="depthwise")(x)
+    y = LayerNorm(epsilon=c.eps, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(y)
+    y = nn.gelu(dense(4 * d, ("embed", "mlp"), "expand")(y))
+    gx = jnp.sqrt(jnp.sum(jnp.square(y.astype(jnp.float32)), axis=(1, 2), keepdims=True))  # ConvNeXt V2 GRN
+    nx = gx / (jnp.mean(gx, axis=-1, keepdims=True) + 1e-6)
+    gamma = self.param("grn_gamma", _named(zeros, ("mlp",)), (4 * d,), self.param_dtype)
+    beta = self.param("grn_beta", _named(zeros, ("mlp",)), (4 * d,), self.param_dtype)
+    y = gamma * (y * nx).astype(self.dtype) + beta + y
+    return x + dense(d, ("mlp", "embed"), "project")(y)
+
+
+class ConvStage(_LayoutModule):
+  """`config.conv_blocks` ConvNeXt blocks on the sequence viewed as its square grid: [B, L, D] -> [B, L, D]."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, length, d = x.shape
+    side = math.isqrt(length)
+    x = x.reshape(b, side, side, d)
+    for i in range(self.config.conv_blocks):
+      x = ConvNeXtBlock(self.config, dtype=self.dtype, param_dtype=self.param_dtype, name=f"block_{i}")(x)
+    return _seq(x.reshape(b, length, d))
+
+
 # --------------------------------------------------------------------------- the model
 
 class MaskedTransformer(nn.Module):
@@ -384,6 +436,9 @@ class MaskedTransformer(nn.Module):
     kw = dict(config=c, train=train, dtype=self.dtype, param_dtype=self.param_dtype)
     embed = layout.embed(**kw, name="embed")
     x, ctx = embed(ids, cond, cond_mask, drop_cond)
+    image = slice(x.shape[1] - c.seq_len, None)  # the image tokens (maskgit prepends its class token)
+    if c.conv_blocks:
+      x = x.at[:, image].set(ConvStage(**kw, name="conv_in")(x[:, image]))
 
     weights = {}
     if adapters and c.adapters.enabled:
@@ -399,6 +454,8 @@ class MaskedTransformer(nn.Module):
       for i in range(c.depth):
         x, _ = block(**kw, name=f"{LAYER_NAME}_{i}")(x, ctx, layer_slice(weights, i) if i in tuned else {})
 
+    if c.conv_blocks:
+      x = x.at[:, image].set(ConvStage(**kw, name="conv_out")(x[:, image]))
     logits = layout.head(**kw, name="head")(x, ctx, embed).astype(jnp.float32)
     return nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab")), {}
 
@@ -634,4 +691,5 @@ class MuseTask(Task):
       t = max(c.text_len, 1)
       layer += s * (4 * d * d + 4 * t * d) + 4 * t * d * d  # cross-attn q/o, scores, k/v on text
     head = s * 2 * d * k + (s * 2 * d * d if c.layout == "maskgit" else 0)
-    return 3.0 * (c.depth * layer + head)
+    conv = 2 * c.conv_blocks * c.seq_len * (2 * c.conv_kernel ** 2 * d + 16 * d * d)  # depthwise + 2 pointwise
+    return 3.0 * (c.depth * layer + head + conv)
