@@ -45,7 +45,7 @@ def shape_token_mask(masks: np.ndarray, grid: int) -> np.ndarray:
 def load(workdir: str, step: int | None) -> tuple[str, Any]:
   """('muse' | 'ar', pipeline) for a Muse or AR text-to-image base run."""
   from stylejax.models.ar_t2i import ARImagePipeline
-  from stylejax.models.muse_pipeline import MusePipeline
+  from stylejax.models.muse_pipeline import MusePipeline, PipelineError
   from stylejax.train.trainer import load_params
   task = load_params(workdir, step=step)[0].task
   if task.endswith(":ARImageTask"):
@@ -54,7 +54,7 @@ def load(workdir: str, step: int | None) -> tuple[str, Any]:
     pipe = MusePipeline.load(workdir, step=step)
     if pipe.text_conditioned:
       return "muse", pipe
-  raise SystemExit(f"{workdir} is a {task} run; the probe takes a text-to-image Muse or AR base.")
+  raise PipelineError(f"{workdir} is a {task} run; the probe takes a text-to-image Muse or AR base.")
 
 
 def predict_shape_tokens(kind: str, pipe: Any, ids: np.ndarray, fg: np.ndarray, captions: list[str]
@@ -97,6 +97,9 @@ def probe(kind: str, pipe: Any, scorers: Any, styles: str, num: int, seed: int =
 def _steps(workdir: str, spec: str) -> list[int | None]:
   if not spec:
     return [None]
+  from stylejax import shipped
+  if shipped.is_shipped(workdir):
+    raise shipped.ShippedError(f"{workdir} is a shipped model with one set of weights; drop --steps for it.")
   if spec == "all":
     from stylejax.checkpoint import Checkpointer
     c = Checkpointer(os.path.join(workdir, "checkpoints"))
@@ -141,4 +144,10 @@ def _fmt(m: M.Metric | None) -> str:
 
 
 if __name__ == "__main__":
-  main()
+  from stylejax import cli
+  try:
+    main()
+  except Exception as e:  # noqa: BLE001 - a user error is one line; anything else keeps its traceback
+    if not cli._is_user_error(e):
+      raise
+    sys.exit(f"shape_probe: error: {cli._one_line(e)}")

@@ -1,6 +1,7 @@
 """launch/shape_probe.py: the teacher-forced shape-token probe, and loading a chosen checkpoint step."""
 import os
 import re
+import subprocess
 import sys
 
 import jax
@@ -68,3 +69,15 @@ def test_load_params_restores_a_chosen_step_and_names_the_ones_there(tmp_path):
   assert not np.array_equal(leaves(first), leaves(last))
   with pytest.raises(trainer.TrainError, match=re.escape(f"no checkpoint at step 999; it has {steps}")):
     trainer.load_params(workdir, step=999)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["/nonexistent/run"], "has no config.json"),
+    (["shapestyle:base", "--steps", "5"], "drop --steps"),
+    (["shapestyle:clip"], "the probe takes a text-to-image Muse or AR base"),
+])
+def test_bad_runs_are_one_clear_line(args, message):
+  r = subprocess.run([sys.executable, os.path.join(REPO, "launch", "shape_probe.py"), *args],
+                     capture_output=True, text=True, cwd=REPO)
+  assert r.returncode != 0 and "Traceback" not in r.stderr
+  assert r.stderr.strip().splitlines()[-1].startswith("shape_probe: error:") and message in r.stderr

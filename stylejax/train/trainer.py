@@ -214,6 +214,8 @@ def load_params(workdir: str, devices: Sequence[jax.Device] | None = None, use_e
   A shipped name ("shapestyle:base") returns its config and numpy params instead.
   """
   if shipped.is_shipped(workdir):
+    if step is not None:
+      raise TrainError(f"{workdir} is a shipped model with one set of weights; it has no step {step}.")
     return shipped.load(workdir)
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
