@@ -43,11 +43,12 @@ def shape_token_mask(masks: np.ndarray, grid: int) -> np.ndarray:
 
 
 def load(workdir: str, step: int | None) -> tuple[str, Any]:
-  """('muse' | 'ar', pipeline) for a Muse or AR text-to-image base run."""
+  """('muse' | 'ar', pipeline) for a Muse or AR text-to-image base run; the run's kind is read from its
+  config first, so a wrong run fails before any weights load."""
+  from stylejax.cli import _task_of
   from stylejax.models.ar_t2i import ARImagePipeline
   from stylejax.models.muse_pipeline import MusePipeline, PipelineError
-  from stylejax.train.trainer import load_params
-  task = load_params(workdir, step=step)[0].task
+  task = _task_of(workdir)
   if task.endswith(":ARImageTask"):
     return "ar", ARImagePipeline.load(workdir, step=step)
   if task.endswith(":MuseTask"):
@@ -95,18 +96,24 @@ def probe(kind: str, pipe: Any, scorers: Any, styles: str, num: int, seed: int =
 
 
 def _steps(workdir: str, spec: str) -> list[int | None]:
+  """The checkpoint steps `spec` names ("" = the latest, "all", or "N,M"), after checking `workdir` is a run."""
+  from stylejax import shipped
+  from stylejax.cli import _task_of
+  _task_of(workdir)  # a clear error for a path that is no run, before anything reads or creates files there
   if not spec:
     return [None]
-  from stylejax import shipped
   if shipped.is_shipped(workdir):
     raise shipped.ShippedError(f"{workdir} is a shipped model with one set of weights; drop --steps for it.")
-  if spec == "all":
-    from stylejax.checkpoint import Checkpointer
-    c = Checkpointer(os.path.join(workdir, "checkpoints"))
-    steps = c.all_steps()
-    c.close()
-    return list(steps)
-  return [int(s) for s in spec.split(",")]
+  if spec != "all":
+    return [int(s) for s in spec.split(",")]
+  from stylejax.checkpoint import Checkpointer
+  from stylejax.train.trainer import TrainError
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+  steps = list(checkpointer.all_steps())
+  checkpointer.close()
+  if not steps:
+    raise TrainError(f"{workdir} has no checkpoint yet; train first.")
+  return steps
 
 
 def main() -> None:

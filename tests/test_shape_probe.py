@@ -72,7 +72,8 @@ def test_load_params_restores_a_chosen_step_and_names_the_ones_there(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["/nonexistent/run"], "has no config.json"),
+    (["/nonexistent/run"], "no config.json"),
+    (["/nonexistent/run", "--steps", "all"], "no config.json"),
     (["shapestyle:base", "--steps", "5"], "drop --steps"),
     (["shapestyle:clip"], "the probe takes a text-to-image Muse or AR base"),
 ])
@@ -81,3 +82,4 @@ def test_bad_runs_are_one_clear_line(args, message):
                      capture_output=True, text=True, cwd=REPO)
   assert r.returncode != 0 and "Traceback" not in r.stderr
   assert r.stderr.strip().splitlines()[-1].startswith("shape_probe: error:") and message in r.stderr
+  assert not os.path.exists("/nonexistent/run")  # nothing is created where no run is
