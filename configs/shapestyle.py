@@ -123,12 +123,13 @@ def _base(c: ml_collections.ConfigDict, runlocal: bool) -> None:
   from configs import muse
   c.update(muse.get_config("runlocal" if runlocal else None))
   if not runlocal:
-    # Sized for a 2-core CPU: 2.5M params with the shipped 128-code vocabulary (4.0M with 4096 codes);
-    # measured 1.67 steps/s at batch 32 with the AR part training beside it (25.5 min).
+    # Sized for a 2-core CPU: 3.7M params with the shipped 128-code vocabulary (1.2M of them the conv
+    # blocks); ~2 steps/s at batch 32 on the idle 2 cores.
     c.model.update(width=192, depth=4, heads=4, mlp_dim=768)
-    # `--config.model.conv_blocks=2` (ConvNeXt blocks on the token grid) nearly doubles shape-token accuracy
-    # (launch/shape_probe.py: 0.195 -> 0.356 plain) and, trained 3x longer, raised plain text_fidelity
-    # 0.125 -> 0.458 (README); off until a base trained that way ships with every table re-measured.
+    # Two ConvNeXt blocks on the token grid before and after the transformer (aMUSEd's U-ViT stages):
+    # translation equivariance nearly doubled shape-token accuracy at 2500 steps (launch/shape_probe.py:
+    # 0.195 -> 0.356 plain) and is what let more steps pay off (README; STAGES["base"] below).
+    c.model.conv_blocks = 2
     c.total_steps = 2500
     c.batch_size = 32
     c.optimizer.update(lr=1e-3, warmup_steps=200)
@@ -148,11 +149,17 @@ def _ar(c: ml_collections.ConfigDict, runlocal: bool) -> None:
 # (named styles, n = 150): shape accuracy 0.32 -> 0.66 -> 0.71, style_fidelity 0.25 -> 0.44 -> 0.53.
 # launch/build_shapestyle.py runs a part's stages in order; each is `stylejax train` with these overrides.
 # Parts not listed here are one command.
-STAGES = {"tokenizer": (
-    (),
-    ("--config.total_steps=3000", "--config.optimizer.warmup_steps=50"),
-    ("--config.total_steps=2000", "--config.optimizer.warmup_steps=50", "--config.model.foreground_weight=4.0"),
-)}
+STAGES = {
+    "tokenizer": (
+        (),
+        ("--config.total_steps=3000", "--config.optimizer.warmup_steps=50"),
+        ("--config.total_steps=2000", "--config.optimizer.warmup_steps=50", "--config.model.foreground_weight=4.0"),
+    ),
+    # The shipped Muse base: 2500 steps, then 8000 more from there (fresh cosine schedule and Adam state).
+    # The plain transformer continued 2500 steps did not improve (shape accuracy 0.167 / 0.042); the
+    # conv-stage one did (README).
+    "base": ((), ("--config.total_steps=8000", "--config.checkpoint.every=1000")),
+}
 
 # After its stages, the shipped tokenizer's codebook is merged to this many codes (usage-weighted k-means,
 # `vqgan.merge_codebook`; encoder and decoder unchanged). Training leaves one visual patch spread over many

@@ -73,7 +73,7 @@ def main() -> None:
     reference = ss.render(content, style, size, rng)[0]
     print(f"== style {k}: {style.descriptor!r}, reference {content.caption!r}", flush=True)
     kw = dict(ref_shape=content.shape, scorers=scorers, clip=clip, num_prompts=args.prompts, samples=args.samples,
-              seed=k, ceiling_style=style)
+              seed=k, ceiling_style=style, tokenizer=base.tokenizer)
     workdir = os.path.join(args.out, f"style{k}")
     sd = sd_lib.tune(args.base, reference, style.descriptor, content.caption, rounds=2, selection="clip",
                      workdir=workdir, config=args.config)
@@ -97,17 +97,22 @@ def main() -> None:
     b, r2 = style_result["base"]["style_fidelity"]["mean"], style_result["round2"]["style_fidelity"]["mean"]
     ceil = style_result["round2"]["style_fidelity_ceiling"]["mean"]
     style_result["progress"] = (r2 - b) / max(ceil - b, 1e-9)
+    tok = style_result["round2"]["style_fidelity_token_ceiling"]["mean"]
+    style_result["progress_to_token_ceiling"] = (r2 - b) / max(tok - b, 1e-9)
     per_style.append(style_result)
     print(json.dumps({r: {m: round(v["mean"], 3) for m, v in style_result[r].items() if v["mean"] is not None}
                       for r in ("base", "round1", "round2")}), flush=True)
 
   table = {row: sd_lib.summarize({n: np.concatenate(v) for n, v in names.items()}) for row, names in pooled.items()}
-  prog = sd_lib.summarize({"progress": np.asarray([s["progress"] for s in per_style])})["progress"]
+  progress = sd_lib.summarize({k: np.asarray([s[k] for s in per_style])
+                               for k in ("progress", "progress_to_token_ceiling")})
+  prog = progress["progress"]
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump({"pooled": table, "per_style": per_style, "progress": prog, "seconds": time.time() - t0,
+    json.dump({"pooled": table, "per_style": per_style, "progress": progress, "seconds": time.time() - t0,
                "args": vars(args)}, f, indent=1)
-  names = ["text_fidelity", "style_fidelity", "content_leakage", "clip_t", "clip_i", "style_fidelity_ceiling"]
+  names = ["text_fidelity", "style_fidelity", "content_leakage", "clip_t", "clip_i", "style_fidelity_ceiling",
+           "style_fidelity_token_ceiling"]
   lines = ["# StyleDrop on ShapeStyle held-out styles (measured)", "",
            f"`python launch/styledrop_eval.py --styles {args.styles} --prompts {args.prompts} --samples "
            f"{args.samples}` (config `{args.config}`, base `{args.base}`): {args.styles} held-out styles × "
@@ -119,7 +124,9 @@ def main() -> None:
   for name, p in per_style[0]["params"].items():
     lines.append(f"- {name}: {p['adapters']:,} trained params = {100 * p['adapters'] / p['all']:.2f}% of {p['all']:,}")
   lines += ["", f"style_fidelity progress base → ceiling at round 2 (mean over styles): {fmt(prog)}; per style: "
-            + ", ".join(f"{s['progress']:.2f}" for s in per_style), ""]
+            + ", ".join(f"{s['progress']:.2f}" for s in per_style),
+            f"to the tokenizer's ceiling instead (renders encoded + decoded): {fmt(progress['progress_to_token_ceiling'])}; "
+            "per style: " + ", ".join(f"{s['progress_to_token_ceiling']:.2f}" for s in per_style), ""]
   with open(args.md, "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))

@@ -154,6 +154,30 @@ def test_clip_selection_best_of_n_with_style_filter():
   assert styledrop.select_clip(cands, ref, FakeClip(), style_filter=True) == [1, 2]
 
 
+def test_token_ceiling_scores_the_renders_after_the_tokenizer(scorers):
+  from stylejax.data import shapestyle as ss
+  style = ss.heldout_style(0)
+  reference = ss.render(ss.Content(0, 0, 1), style, 32, np.random.default_rng(0))[0]
+  gen = lambda prompts, num, seed: np.zeros((len(prompts) * num, 32, 32, 3), np.uint8)
+
+  class Tokenizer:  # encode -> decode through `decode`
+    def __init__(self, decode):
+      self.decode = decode
+
+    def encode(self, images):
+      self.images = images
+      return np.zeros((len(images), 4), np.int32)
+  identity = Tokenizer(lambda ids: identity.images)
+  gray = Tokenizer(lambda ids: np.full((len(ids), 32, 32, 3), 128, np.uint8))
+  kw = dict(ref_shape=0, scorers=scorers, num_prompts=2, samples=2, ceiling_style=style)
+  _, _, per = styledrop.evaluate(gen, reference, style.descriptor, tokenizer=identity, **kw)
+  np.testing.assert_allclose(per["style_fidelity_token_ceiling"], per["style_fidelity_ceiling"], rtol=1e-6)
+  _, _, flat = styledrop.evaluate(gen, reference, style.descriptor, tokenizer=gray, **kw)
+  np.testing.assert_allclose(flat["style_fidelity_ceiling"], per["style_fidelity_ceiling"], rtol=1e-6)
+  assert not np.allclose(flat["style_fidelity_token_ceiling"], per["style_fidelity_ceiling"])
+  assert "style_fidelity_token_ceiling" not in styledrop.evaluate(gen, reference, style.descriptor, **kw)[2]
+
+
 def test_resume_skips_finished_rounds(clip_run, base):
   workdir = clip_run[0]
   stamp = os.path.getmtime(os.path.join(workdir, "round2", "adapters.safetensors"))
@@ -174,7 +198,8 @@ def test_demo_writes_grid_metrics_and_report(clip_run, base, scorers, tmp_path):
   metrics = json.load(open(out / "metrics.json"))["metrics"]
   assert set(metrics) == {"base", "round1", "round2"}
   for m in metrics.values():
-    for name in ("text_fidelity", "style_fidelity", "content_leakage", "clip_t", "clip_i", "style_fidelity_ceiling"):
+    for name in ("text_fidelity", "style_fidelity", "content_leakage", "clip_t", "clip_i", "style_fidelity_ceiling",
+                 "style_fidelity_token_ceiling"):
       assert m[name]["n"] == 4 and len(m[name]["ci95"]) == 2
   html = open(out / "report.html").read()
   assert "text_fidelity" in html and "<svg" in html

@@ -273,7 +273,8 @@ def evaluate_workdir(workdir: str, seed: int = 0, scorers=None, num_prompts: int
   gen = lambda p, n, s: sd.pipe.generate(p, n, s, **sample_overrides)
   metrics, _, _ = evaluate(gen, sd.reference, sd.descriptor, ref_content.shape if ref_content else None,
                         scorers or scorers_lib.scorers_from_workdirs(), load_clip_embedder(sd.pipe.config.text_encoder),
-                        num_prompts, samples, seed, ceiling_style=_style_from_tag(manifest.get("style", "")))
+                        num_prompts, samples, seed, ceiling_style=_style_from_tag(manifest.get("style", "")),
+                        tokenizer=sd.pipe.tokenizer)
   return metrics
 
 
@@ -441,8 +442,8 @@ def summarize(per_image: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def evaluate(generate, reference: np.ndarray, descriptor: str, ref_shape: int | None, scorers, clip=None,
-             num_prompts: int = 8, samples: int = 4, seed: int = 0, ceiling_style: Any = None
-             ) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]]:
+             num_prompts: int = 8, samples: int = 4, seed: int = 0, ceiling_style: Any = None,
+             tokenizer: Any = None) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]]:
   """Metrics of one model on content prompts whose shape differs from the reference's.
 
   generate(prompts with descriptor, num, seed) -> uint8 images. Returns ({metric: Metric}, images
@@ -450,7 +451,9 @@ def evaluate(generate, reference: np.ndarray, descriptor: str, ref_shape: int | 
   prompt's shape, color and count; style_fidelity: style-encoder cosine to the reference;
   content_leakage: the reference's shape appears; clip_t: CLIP(image, content prompt without the
   descriptor); clip_i: CLIP(image, reference). `ceiling_style` (a ShapeStyle style): also the style
-  encoder's same-style ceiling, true renders of the prompts in that style vs the reference.
+  encoder's same-style ceiling, true renders of the prompts in that style vs the reference; with the
+  generator's `tokenizer` also `style_fidelity_token_ceiling`, those renders encoded and decoded: the
+  most a model that emits this tokenizer's ids can score.
   """
   from stylejax.eval import metrics as M
   contents = content_prompts(num_prompts, seed + 7919, avoid_shape=ref_shape)
@@ -471,6 +474,8 @@ def evaluate(generate, reference: np.ndarray, descriptor: str, ref_shape: int | 
     rng = np.random.default_rng([seed, 0xCE11])
     truth = np.stack([ss.render(c, ceiling_style, reference.shape[0], rng)[0] for c in want])
     per["style_fidelity_ceiling"] = scorers.style_embed(truth) @ ref_style
+    if tokenizer is not None:
+      per["style_fidelity_token_ceiling"] = scorers.style_embed(tokenizer.decode(tokenizer.encode(truth))) @ ref_style
   return summarize(per), images, per
 
 
@@ -505,7 +510,7 @@ def demo(out: str = "stylejax_demo", base: str = "shapestyle:base", style_image:
   for name, gen in models.items():
     say(f"[demo] sampling + scoring {name}")
     metrics[name], images, _ = evaluate(gen, sd.reference, sd.descriptor, ref_shape, scorers, clip, num_prompts,
-                                     samples, seed, ceiling_style=ceiling)
+                                     samples, seed, ceiling_style=ceiling, tokenizer=base_pipe.tokenizer)
     rows.append(images[::samples])  # first sample of each prompt
   blank = np.full_like(sd.reference, 255)
   cells = [np.concatenate([[sd.reference if i == 0 else blank], r]) for i, r in enumerate(rows)]
