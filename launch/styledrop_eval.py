@@ -7,8 +7,9 @@
 Per held-out style k (never seen by the base): one reference render, 2 rounds with CLIP feedback,
 then base / round 1 / round 2 scored on content prompts whose shape differs from the reference's;
 λA and λB sweeps on round 2; adapters vs LoRA at round 1 (same steps). Per-image scores are pooled
-over styles; "progress" = (round2 − base) / (ceiling − base) of style_fidelity, where the ceiling is
-the style encoder's score of true renders of the prompts in the reference's style.
+over styles; "progress" = (tuned − base) / (ceiling − base) of style_fidelity, where the ceiling is the
+style encoder's score of true renders of the prompts in the reference's style, or of those renders
+encoded and decoded by the base's tokenizer (the most a token generator can reach).
 Writes OUT/results.json and launch/STYLEDROP_EVAL.md.
 """
 from __future__ import annotations
@@ -43,7 +44,9 @@ def main() -> None:
   ap.add_argument("--lora_config", default="configs/styledrop.py:lora")
   ap.add_argument("--scorers", default="", help="content_workdir,style_workdir (default: shipped)")
   ap.add_argument("--lambda_a", default="0,1,2,4")
-  ap.add_argument("--lambda_b", default="1,3,5,8")
+  ap.add_argument("--lambda_b", default="0,1,3,5")
+  ap.add_argument("--selection", default="clip", help="round-2 feedback: clip or scorer")
+  ap.add_argument("--no-lora", dest="lora", action="store_false", help="skip the LoRA round-1 row")
   ap.add_argument("--out", default="/tmp/styledrop_eval")
   ap.add_argument("--md", default=os.path.join(ROOT, "launch", "STYLEDROP_EVAL.md"))
   args = ap.parse_args()
@@ -75,59 +78,75 @@ def main() -> None:
     kw = dict(ref_shape=content.shape, scorers=scorers, clip=clip, num_prompts=args.prompts, samples=args.samples,
               seed=k, ceiling_style=style, tokenizer=base.tokenizer)
     workdir = os.path.join(args.out, f"style{k}")
-    sd = sd_lib.tune(args.base, reference, style.descriptor, content.caption, rounds=2, selection="clip",
+    sd = sd_lib.tune(args.base, reference, style.descriptor, content.caption, rounds=2, selection=args.selection,
                      workdir=workdir, config=args.config)
     r1 = sd_lib.load(workdir, 1)
-    lora = sd_lib.tune(args.base, reference, style.descriptor, content.caption, rounds=1, selection="clip",
-                       workdir=os.path.join(args.out, f"style{k}_lora"), config=args.lora_config)
-    rows = {"base": lambda p, n, s: base.generate(p, n, s), "round1": r1.generate, "round2": sd.generate,
-            "round1 (LoRA)": lora.generate}
-    for la in args.lambda_a.split(","):
+    rows = {"base": lambda p, n, s: base.generate(p, n, s), "round1": r1.generate, "round2": sd.generate}
+    tuned = {"adapters": sd}
+    if args.lora:
+      tuned["lora"] = sd_lib.tune(args.base, reference, style.descriptor, content.caption, rounds=1, selection="clip",
+                                  workdir=os.path.join(args.out, f"style{k}_lora"), config=args.lora_config)
+      rows["round1 (LoRA)"] = tuned["lora"].generate
+    for la in filter(None, args.lambda_a.split(",")):
       rows[f"round2 λA={la}"] = lambda p, n, s, la=float(la): sd.generate(p, n, s, style_guidance=la)
-    for lb in args.lambda_b.split(","):
+    for lb in filter(None, args.lambda_b.split(",")):
       rows[f"round2 λB={lb}"] = lambda p, n, s, lb=float(lb): sd.generate(p, n, s, content_guidance=lb)
     count = lambda tree: sum(int(np.size(x)) for x in jax.tree.leaves(tree))
     style_result = {"style": k, "descriptor": style.descriptor, "reference": content.caption,
                     "params": {name: {"adapters": count(m.pipe.params["adapters"]), "all": count(m.pipe.params)}
-                               for name, m in (("adapters", sd), ("lora", lora))}}
+                               for name, m in tuned.items()}}
     for row, gen in rows.items():
       metrics, _, per = sd_lib.evaluate(gen, reference, style.descriptor, **kw)
       add(row, per)
       style_result[row] = metrics
-    b, r2 = style_result["base"]["style_fidelity"]["mean"], style_result["round2"]["style_fidelity"]["mean"]
-    ceil = style_result["round2"]["style_fidelity_ceiling"]["mean"]
-    style_result["progress"] = (r2 - b) / max(ceil - b, 1e-9)
-    tok = style_result["round2"]["style_fidelity_token_ceiling"]["mean"]
-    style_result["progress_to_token_ceiling"] = (r2 - b) / max(tok - b, 1e-9)
     per_style.append(style_result)
     print(json.dumps({r: {m: round(v["mean"], 3) for m, v in style_result[r].items() if v["mean"] is not None}
                       for r in ("base", "round1", "round2")}), flush=True)
 
   table = {row: sd_lib.summarize({n: np.concatenate(v) for n, v in names.items()}) for row, names in pooled.items()}
-  progress = sd_lib.summarize({k: np.asarray([s[k] for s in per_style])
-                               for k in ("progress", "progress_to_token_ceiling")})
-  prog = progress["progress"]
   os.makedirs(args.out, exist_ok=True)
+  results = {"pooled": table, "per_style": per_style, "seconds": time.time() - t0, "args": vars(args)}
   with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump({"pooled": table, "per_style": per_style, "progress": progress, "seconds": time.time() - t0,
-               "args": vars(args)}, f, indent=1)
+    json.dump(results, f, indent=1)
+  write_md(results, args.md)
+
+
+def progress(base: float, tuned: float, ceiling: float) -> float | None:
+  """How far `tuned` went from `base` toward `ceiling`; None where the ceiling is not clearly above the base
+  (a style the tokenizer cannot render: the ratio would be noise over ~0)."""
+  return (tuned - base) / (ceiling - base) if ceiling - base > 0.05 else None
+
+
+def write_md(results: dict, md: str) -> None:
+  """The markdown table of a results.json (pooled rows; progress to both ceilings at round 1 and 2)."""
+  a, table, per_style = results["args"], results["pooled"], results["per_style"]
   names = ["text_fidelity", "style_fidelity", "content_leakage", "clip_t", "clip_i", "style_fidelity_ceiling",
            "style_fidelity_token_ceiling"]
   lines = ["# StyleDrop on ShapeStyle held-out styles (measured)", "",
-           f"`python launch/styledrop_eval.py --styles {args.styles} --prompts {args.prompts} --samples "
-           f"{args.samples}` (config `{args.config}`, base `{args.base}`): {args.styles} held-out styles × "
-           f"{args.prompts} content prompts × {args.samples} samples per row, pooled; mean [95% CI]. "
-           f"Wall time {(time.time() - t0) / 60:.1f} min on a 2-core CPU.", "",
+           f"`python launch/styledrop_eval.py --styles {a['styles']} --prompts {a['prompts']} --samples "
+           f"{a['samples']}{' --selection ' + a['selection'] if a.get('selection', 'clip') != 'clip' else ''}` "
+           f"(config `{a['config']}`, base `{a['base']}`, round-2 feedback `{a.get('selection', 'clip')}`): "
+           f"{a['styles']} held-out styles × {a['prompts']} content prompts × {a['samples']} samples per row, "
+           f"pooled; mean [95% CI]. Wall time {results['seconds'] / 60:.1f} min on a 2-core CPU.", "",
            "| model | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
   for row, m in table.items():
     lines.append(f"| {row} | " + " | ".join(fmt(m[n]) if n in m else "" for n in names) + " |")
   for name, p in per_style[0]["params"].items():
     lines.append(f"- {name}: {p['adapters']:,} trained params = {100 * p['adapters'] / p['all']:.2f}% of {p['all']:,}")
-  lines += ["", f"style_fidelity progress base → ceiling at round 2 (mean over styles): {fmt(prog)}; per style: "
-            + ", ".join(f"{s['progress']:.2f}" for s in per_style),
-            f"to the tokenizer's ceiling instead (renders encoded + decoded): {fmt(progress['progress_to_token_ceiling'])}; "
-            "per style: " + ", ".join(f"{s['progress_to_token_ceiling']:.2f}" for s in per_style), ""]
-  with open(args.md, "w") as f:
+  lines += ["", "style_fidelity progress from base toward a ceiling, (tuned − base) / (ceiling − base): pooled "
+            "means; per style only where the ceiling is > 0.05 above the base.", "",
+            "| model | to true renders (pooled) | per style | to the tokenizer's renders (pooled) | per style |",
+            "|---|---|---|---|---|"]
+  mean = lambda row, n: table[row][n]["mean"]
+  cell = lambda v: "n/a" if v is None else f"{v:.2f}"
+  for row in ("round1", "round2"):
+    cells = []
+    for ceiling in ("style_fidelity_ceiling", "style_fidelity_token_ceiling"):
+      cells.append(cell(progress(mean("base", "style_fidelity"), mean(row, "style_fidelity"), mean(row, ceiling))))
+      cells.append(", ".join(cell(progress(s["base"]["style_fidelity"]["mean"], s[row]["style_fidelity"]["mean"],
+                                           s[row][ceiling]["mean"])) for s in per_style))
+    lines.append(f"| {row} | " + " | ".join(cells) + " |")
+  with open(md, "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))
 
