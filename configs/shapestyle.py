@@ -159,9 +159,6 @@ STAGES = {
     # The plain transformer continued 2500 steps did not improve (shape accuracy 0.167 / 0.042); the
     # conv-stage one did (README).
     "base": ((), ("--config.total_steps=8000", "--config.checkpoint.every=1000")),
-    # The shipped AR base: 1800 steps, then 6000 more (fresh schedule); held-out text_fidelity (n = 96,
-    # plain / named) 0.167 / 0.115 -> 0.302 / 0.271 (README).
-    "ar": ((), ("--config.total_steps=6000", "--config.checkpoint.every=1000")),
 }
 
 # After its stages, the shipped tokenizer's codebook is merged to this many codes (usage-weighted k-means,
@@ -169,7 +166,7 @@ STAGES = {
 # near-twin ids (a one-off probe: 584 of 4096 codes in use, 55% decoding within RMS 0.01 of another).
 # Reconstructions (build eval, named / held-out styles, n = 37): shape 0.76 / 0.60 -> 0.76 / 0.68,
 # style_fidelity 0.52 / 0.26 -> 0.48 / 0.17. The generators on 128 codes are 40-45% smaller and predict their targets better (Muse
-# masked accuracy 0.23 -> 0.31), though they still draw blobs (README).
+# masked accuracy 0.23 -> 0.31); shape drawing came with conv stages and more steps (README).
 MERGE_CODES = {"tokenizer": common.SHAPESTYLE_CODES}
 
 _PARTS = {

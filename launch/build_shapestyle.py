@@ -1,6 +1,6 @@
 """Rebuilds every shipped ShapeStyle model (package data) from scratch and measures it.
 
-  python launch/build_shapestyle.py                   # all parts, ~5 h of training on a 2-core CPU
+  python launch/build_shapestyle.py                   # all parts, ~6.5 h of training on a 2-core CPU
   python launch/build_shapestyle.py --parts base      # retrain one part, re-measure everything
   python launch/build_shapestyle.py --eval --quick    # only re-measure the shipped parts
 
