@@ -50,6 +50,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     # λA = λB = 1: swept on 5 held-out styles the tokenizer can represent (12, 16, 18, 23, 24; none of the
     # eval's 0-4), round 1, n = 120: style_fidelity 0.42 [0.36, 0.49] vs 0.05 at the unofficial (2, 5),
     # whose strong constant CFG term fills backgrounds with noise on this base; text_fidelity 0.08 vs 0.06.
+    # (launch/styledrop_guidance_sweep.py)
     c.sample.update(lambda_a=1.0, lambda_b=1.0)
   if arg.variant == "lora":
     c.adapters.update(kind="lora", rank=4, targets=["query", "key", "value"])
