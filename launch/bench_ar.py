@@ -51,6 +51,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
                  intermediate_size=704, vocab_size=4096),
     "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
                   intermediate_size=1408, vocab_size=8192),
+    "100m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4,
+                 intermediate_size=2048, vocab_size=16384),  # the issue's ~100M-parameter point
     "minuscule": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                       intermediate_size=64, vocab_size=64),  # for the smoke test only
 }
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> str:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--repeats", type=int, default=5, help="paired timed runs per row (median reported)")
   p.add_argument("--quick", action="store_true", help="tiny config, batch 1, 32 new tokens, 2 repeats")
-  p.add_argument("--configs", default=None, help=f"comma list of {sorted(CONFIGS)} (default tiny,small)")
+  p.add_argument("--configs", default=None, help=f"comma list of {sorted(CONFIGS)} (default tiny,small,100m)")
   p.add_argument("--batches", default=None, help="comma list of batch sizes (default 1,8)")
   p.add_argument("--prompt-len", type=int, default=16)
   p.add_argument("--new-tokens", type=int, default=None, help="default 128 (32 with --quick)")
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> str:
   a = p.parse_args(argv)
   if a.repeats < 1:
     p.error("--repeats must be >= 1")
-  configs = (a.configs or ("tiny" if a.quick else "tiny,small")).split(",")
+  configs = (a.configs or ("tiny" if a.quick else "tiny,small,100m")).split(",")
   unknown = [c for c in configs if c not in CONFIGS]
   if unknown:
     p.error(f"unknown config(s) {unknown}; choose from {sorted(CONFIGS)}")
