@@ -35,7 +35,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.tokenizer, c.text_encoder = common.shapestyle_parts(arg.runlocal)
   c.image_encoder = ml_collections.ConfigDict(dict(workdir="", config=""))  # empty: the text encoder's CLIP
   # Measured 1.12 steps/s (batch 32, one CPU device) with the Muse base training beside it on the 2 cores:
-  # 1800 steps in 26.7 min. On an accelerator raise batch and steps.
+  # 1800 steps in 26.7 min. The shipped base continues this 6000 steps more (configs/shapestyle.py
+  # STAGES["ar"]). On an accelerator raise batch and steps.
   c.total_steps = 1800
   c.batch_size = 32
   c.optimizer.update(lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.05, warmup_steps=100)
