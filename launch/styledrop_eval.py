@@ -51,7 +51,6 @@ def main() -> None:
   ap.add_argument("--md", default=os.path.join(ROOT, "launch", "STYLEDROP_EVAL.md"))
   args = ap.parse_args()
 
-  from stylejax.data import shapestyle as ss
   from stylejax.methods import styledrop as sd_lib
   from stylejax.models import scorers as scorers_lib
   from stylejax.models.muse_pipeline import MusePipeline
@@ -65,15 +64,9 @@ def main() -> None:
   per_style = []
   t0 = time.time()
 
-  def add(row: str, per: dict) -> None:
-    for name, v in per.items():
-      pooled.setdefault(row, {}).setdefault(name, []).append(np.asarray(v, np.float64))
-
+  add = lambda row, per: add_to_pool(pooled, row, per)
   for k in range(args.styles):
-    style = ss.heldout_style(k)
-    rng = np.random.default_rng([k, 0x5D])
-    content = ss.Content(int(rng.integers(len(ss.SHAPES))), int(rng.integers(len(ss.COLORS))), 1)
-    reference = ss.render(content, style, size, rng)[0]
+    style, content, reference = heldout_reference(k, size)
     print(f"== style {k}: {style.descriptor!r}, reference {content.caption!r}", flush=True)
     kw = dict(ref_shape=content.shape, scorers=scorers, clip=clip, num_prompts=args.prompts, samples=args.samples,
               seed=k, ceiling_style=style, tokenizer=base.tokenizer)
@@ -109,6 +102,21 @@ def main() -> None:
   with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
   write_md(results, args.md)
+
+
+def heldout_reference(k: int, size: int):
+  """(style, content, reference image [size, size, 3]) for held-out style k: one render of a single shape."""
+  from stylejax.data import shapestyle as ss
+  style = ss.heldout_style(k)
+  rng = np.random.default_rng([k, 0x5D])
+  content = ss.Content(int(rng.integers(len(ss.SHAPES))), int(rng.integers(len(ss.COLORS))), 1)
+  return style, content, ss.render(content, style, size, rng)[0]
+
+
+def add_to_pool(pooled: dict, row: str, per: dict) -> None:
+  """Appends one style's per-image scores {metric: [n]} to pooled[row][metric] (concatenated at the end)."""
+  for name, v in per.items():
+    pooled.setdefault(row, {}).setdefault(name, []).append(np.asarray(v, np.float64))
 
 
 def progress(base: float, tuned: float, ceiling: float) -> float | None:
