@@ -51,9 +51,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.dpo = ml_collections.ConfigDict(dict(
         pairs="",  # .npz from stylejax.methods.stylear.build_dpo_pairs
         beta=0.1, label_smoothing=0.0,
+        sft_weight=0.0,  # RPO: + weight * per-token NLL of the chosen images (stylejax.train.dpo)
         # pair construction (build_dpo_pairs): K samples per (prompt, reference), best vs worst by
         # text * [all heads right] + style * cosine - leakage * [reference shape shows]
         num_prompts=256, samples_per_prompt=4,
+        min_gap=0.0,  # keep a pair only if best - worst > min_gap
         score_weights=ml_collections.ConfigDict(dict(text=1.0, style=1.0, leakage=1.0))))
     c.optimizer.update(lr=1e-4, warmup_steps=20)
     c.total_steps = 300

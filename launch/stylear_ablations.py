@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> str:
   p.add_argument("--prompts-per-style", dest="prompts_per_style", type=int, default=20)
   p.add_argument("--samples", type=int, default=4)
   p.add_argument("--dpo-prompts", dest="dpo_prompts", type=int, default=None)
+  p.add_argument("--dpo-set", dest="dpo_set", action="append", default=[], metavar="KEY=VALUE",
+                 help="override configs/stylear.py:dpo's dpo.KEY for pairs and training, e.g. "
+                      "score_weights.style=0.25 or sft_weight=1 (repeatable)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--variants", default=",".join(list(VARIANTS) + EXTRAS),
                  help="comma-separated subset of " + ", ".join(list(VARIANTS) + EXTRAS))
@@ -195,12 +198,14 @@ def main(argv: list[str] | None = None) -> str:
     from stylejax import config as config_lib
     recipe, pairs = os.path.join(args.out, "stylear"), os.path.join(args.out, "dpo_pairs.npz")
     dpo_spec = "configs/stylear.py:dpo" + (",runlocal" if args.runlocal else "")
-    d = config_lib.load_config(os.path.join(REPO, dpo_spec)).dpo
+    dpo_set = dict(kv.split("=", 1) for kv in args.dpo_set)
+    d = config_lib.load_config(os.path.join(REPO, dpo_spec), {f"dpo.{k}": v for k, v in dpo_set.items()}).dpo
     info = stylear.build_dpo_pairs(pipes["stylear"], scorers, pairs, num_prompts=args.dpo_prompts or d.num_prompts,
                                    samples_per_prompt=d.samples_per_prompt, seed=args.seed,
-                                   weights=d.score_weights.to_dict(), batch_size=eval_kw["batch_size"])
+                                   weights=d.score_weights.to_dict(), batch_size=eval_kw["batch_size"],
+                                   min_gap=float(d.min_gap))
     print(f"DPO pairs: {info}", flush=True)
-    overrides = {"init_from.workdir": recipe, "dpo.pairs": pairs}
+    overrides = {"init_from.workdir": recipe, "dpo.pairs": pairs, **{f"dpo.{k}": v for k, v in dpo_set.items()}}
     if args.dpo_steps:
       overrides["total_steps"] = str(args.dpo_steps)
     pipe = _train(dpo_spec, os.path.join(args.out, DPO), overrides)

@@ -1,9 +1,19 @@
-"""Test setup: 8 simulated CPU devices, set before JAX initialises."""
+"""Test setup: 8 simulated CPU devices and a session-wide XLA compilation cache, set before JAX initialises."""
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Many tests train or sample the same runlocal models, so most of the suite's compiles repeat: a
+# persistent cache (fresh per session, removed at exit) turns the repeats into hits.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache = tempfile.mkdtemp(prefix="stylejax_tests_xla_")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import sys
 

@@ -40,6 +40,11 @@ def test_dpo_loss_by_hand():
   ls, _ = dpo.dpo_loss(jnp.asarray([-1.0]), jnp.asarray([-3.0]), jnp.asarray([-2.0]), jnp.asarray([-2.0]),
                        beta=0.5, label_smoothing=0.1)
   np.testing.assert_allclose(ls, 0.9 * math.log1p(math.exp(-1.0)) + 0.1 * math.log1p(math.exp(1.0)), rtol=1e-6)
+  # RPO: + alpha * mean(-chosen logp / tokens) = 0.5 * ((1 + 4) / 2) / 2 over the two pairs
+  rpo, mr = dpo.dpo_loss(jnp.asarray([-1.0, -4.0]), jnp.asarray([-3.0, -2.0]), jnp.asarray([-2.0, -2.0]),
+                         jnp.asarray([-2.0, -2.0]), beta=0.5, sft_weight=0.5, chosen_tokens=2.0)
+  np.testing.assert_allclose(mr["chosen_nll"], 1.25, rtol=1e-6)
+  np.testing.assert_allclose(rpo, want + 0.5 * 1.25, rtol=1e-6)
   with pytest.raises(ValueError, match="beta"):
     dpo.dpo_loss(jnp.zeros(1), jnp.zeros(1), jnp.zeros(1), jnp.zeros(1), beta=0.0)
 

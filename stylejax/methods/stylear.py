@@ -177,7 +177,7 @@ class DPOPairs:
 class StyleARDPOTask(StyleARTask):
   """DPO post-training of a StyleAR run (Rafailov et al. 2023; `stylejax.train.dpo`).
 
-  config.dpo: pairs (the .npz from `build_dpo_pairs`), beta, label_smoothing. The reference
+  config.dpo: pairs (the .npz from `build_dpo_pairs`), beta, label_smoothing, sft_weight. The reference
   model is the StyleAR run the pairs were sampled from; its sequence log-probs are computed once
   with the pairs (frozen, exact: the same deterministic forward as the policy's), so a step runs
   one forward of the policy over the stacked [chosen; rejected] rows. init_from.workdir should be
@@ -197,7 +197,8 @@ class StyleARDPOTask(StyleARTask):
     logps = self.sequence_logprobs(params, cond, jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], 0))
     d = self.config.dpo
     return dpo.dpo_loss(logps[:b], logps[b:], batch["ref_chosen_logp"], batch["ref_rejected_logp"],
-                        float(d.beta), float(d.get("label_smoothing", 0.0)))
+                        float(d.beta), float(d.get("label_smoothing", 0.0)), sft_weight=float(d.get("sft_weight", 0.0)),
+                        chosen_tokens=float(batch["chosen_ids"].shape[1]))
 
 
 # ----------------------------------------------------------------------------------------- public API
@@ -321,10 +322,10 @@ def preference_score(scores: dict[str, np.ndarray], weights: dict[str, float] | 
 
 def build_dpo_pairs(workdir: str | ARImagePipeline, scorers: Any, out_path: str, num_prompts: int = 256,
                     samples_per_prompt: int = 4, seed: int = 0, weights: dict[str, float] | None = None,
-                    batch_size: int = 32, **overrides: Any) -> dict[str, Any]:
+                    batch_size: int = 32, min_gap: float = 0.0, **overrides: Any) -> dict[str, Any]:
   """Samples `samples_per_prompt` images for each of `num_prompts` (prompt, style reference) pairs
-  from a StyleAR run, ranks them by `preference_score`, keeps (best, worst) per prompt
-  (`dpo.preference_pairs`), and writes the pairs plus the run's (the frozen reference's) sequence
+  from a StyleAR run, ranks them by `preference_score`, keeps (best, worst) per prompt whose scores
+  differ by more than `min_gap` (`dpo.preference_pairs`), and writes the pairs plus the run's (the frozen reference's) sequence
   log-probs to `out_path` (.npz) for `StyleARDPOTask`. References use training-family styles
   (named, or fresh random ones from a stream disjoint from eval and training). Returns a summary.
   """
@@ -358,7 +359,7 @@ def build_dpo_pairs(workdir: str | ARImagePipeline, scorers: Any, out_path: str,
   images = task.image_tokenizer.decode(ids)
   scores = preference_score(sample_scores(scorers, images, [contents[i] for i in rows], np.stack(refs)[rows],
                                           np.asarray(ref_shapes)[rows]), weights).reshape(num_prompts, k)
-  chosen, rejected = dpo.preference_pairs(scores)
+  chosen, rejected = dpo.preference_pairs(scores, min_gap)
   prompt = chosen // k
   caption_ids, caption_mask = task.text_encoder.tokenize([texts[i] for i in prompt]) if len(prompt) else (
       np.zeros((0, task.text_len), np.int32), np.zeros((0, task.text_len), np.int32))

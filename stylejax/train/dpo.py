@@ -5,6 +5,8 @@
 with sequence log-probs summed over the weighted target tokens. The implicit reward of a
 sequence is `beta * (log pi - log ref)`; a pair is "correct" when the chosen reward is larger.
 Optional `label_smoothing` eps gives conservative DPO (cDPO): `(1-eps) L(h) + eps L(-h)`.
+Optional `sft_weight` alpha adds the chosen sequences' per-token NLL, `alpha * -log pi(y_w|x) / |y_w|`
+(RPO, Pang et al. 2024, arXiv 2404.19733), which keeps DPO from lowering the chosen log-probs too.
 
 Pairs come from K samples per prompt ranked by a score (`preference_pairs`: best vs worst),
 built on the host since the number of usable pairs (ties dropped) varies.
@@ -35,13 +37,15 @@ def sequence_logprobs(logits: Array, targets: Array, weights: Array | None = Non
 
 
 def dpo_loss(chosen_logps: Array, rejected_logps: Array, ref_chosen_logps: Array, ref_rejected_logps: Array,
-             beta: float = 0.1, label_smoothing: float = 0.0, pair_weights: Array | None = None
-             ) -> tuple[Array, dict[str, Array]]:
+             beta: float = 0.1, label_smoothing: float = 0.0, pair_weights: Array | None = None,
+             sft_weight: float = 0.0, chosen_tokens: Array | float = 1.0) -> tuple[Array, dict[str, Array]]:
   """DPO on sequence log-probs, all [B] (one entry per preference pair).
 
   The reference log-probs are treated as constants (stop_gradient). pair_weights [B] (bool or
-  float) masks padding pairs; the loss and metrics are weighted means over pairs.
-  Returns (loss, {"reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward"}).
+  float) masks padding pairs; the loss and metrics are weighted means over pairs. sft_weight > 0
+  adds sft_weight * mean(-chosen_logps / chosen_tokens) (RPO; chosen_tokens: tokens per chosen
+  sequence, [B] or a scalar). Returns (loss, {"reward_accuracy", "reward_margin", "chosen_reward",
+  "rejected_reward", "chosen_nll"}).
   """
   if beta <= 0:
     raise ValueError(f"DPO beta must be > 0; got {beta}.")
@@ -59,8 +63,9 @@ def dpo_loss(chosen_logps: Array, rejected_logps: Array, ref_chosen_logps: Array
       "reward_margin": mean(margin),
       "chosen_reward": mean(chosen_r),
       "rejected_reward": mean(rejected_r),
+      "chosen_nll": mean(-chosen_logps.astype(jnp.float32) / chosen_tokens),
   }
-  return mean(losses), metrics
+  return mean(losses) + sft_weight * metrics["chosen_nll"], metrics
 
 
 def dpo_loss_from_logits(policy_logits: Array, ref_logits: Array, targets: Array, weights: Array | None = None,
