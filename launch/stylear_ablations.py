@@ -107,7 +107,7 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
 
 # the settings that make two invocations' numbers comparable (same table)
 COMPARABLE = ("base", "steps", "dpo_steps", "runlocal", "scorers", "num_styles", "prompts_per_style", "samples",
-              "dpo_prompts", "seed")
+              "dpo_prompts", "seed", "config_set")
 
 
 def earlier_results(path: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -117,7 +117,7 @@ def earlier_results(path: str, args: argparse.Namespace) -> dict[str, dict[str, 
     return {}
   with open(path) as f:
     earlier = json.load(f)
-  same = all(earlier.get("args", {}).get(k) == getattr(args, k) for k in COMPARABLE)
+  same = all(earlier.get("args", {}).get(k) == json.loads(json.dumps(getattr(args, k))) for k in COMPARABLE)
   return earlier.get("results", {}) if same else {}
 
 
@@ -137,6 +137,13 @@ def _train(spec: str, workdir: str, overrides: dict[str, str]):
   return ARImagePipeline(config, load_task(config), state.get("ema", state["params"]))
 
 
+def _key_value(text: str) -> tuple[str, str]:
+  key, eq, value = text.partition("=")
+  if not eq or not key:
+    raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. model.lora_rank=16)")
+  return key, value
+
+
 def main(argv: list[str] | None = None) -> str:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--base", default="", help="AR base workdir (configs/ar.py run) or shipped name; '' = random")
@@ -149,7 +156,9 @@ def main(argv: list[str] | None = None) -> str:
   p.add_argument("--prompts-per-style", dest="prompts_per_style", type=int, default=20)
   p.add_argument("--samples", type=int, default=4)
   p.add_argument("--dpo-prompts", dest="dpo_prompts", type=int, default=None)
-  p.add_argument("--dpo-set", dest="dpo_set", action="append", default=[], metavar="KEY=VALUE",
+  p.add_argument("--set", dest="config_set", action="append", default=[], metavar="KEY=VALUE", type=_key_value,
+                 help="override configs/stylear.py's KEY for every variant, e.g. model.lora_rank=16 (repeatable)")
+  p.add_argument("--dpo-set", dest="dpo_set", action="append", default=[], metavar="KEY=VALUE", type=_key_value,
                  help="override configs/stylear.py:dpo's dpo.KEY for pairs and training, e.g. "
                       "score_weights.style=0.25 or sft_weight=1 (repeatable)")
   p.add_argument("--seed", type=int, default=0)
@@ -175,7 +184,7 @@ def main(argv: list[str] | None = None) -> str:
   else:
     scorers = scorers_lib.scorers_from_workdirs()
   suffix = ":runlocal" if args.runlocal else ""
-  common = {"init_from.workdir": args.base}
+  common = {"init_from.workdir": args.base, **dict(args.config_set)}
   if args.steps:
     common["total_steps"] = str(args.steps)
   eval_kw = dict(num_styles=args.num_styles, prompts_per_style=args.prompts_per_style, samples=args.samples,
@@ -198,14 +207,15 @@ def main(argv: list[str] | None = None) -> str:
     from stylejax import config as config_lib
     recipe, pairs = os.path.join(args.out, "stylear"), os.path.join(args.out, "dpo_pairs.npz")
     dpo_spec = "configs/stylear.py:dpo" + (",runlocal" if args.runlocal else "")
-    dpo_set = dict(kv.split("=", 1) for kv in args.dpo_set)
+    dpo_set = dict(args.dpo_set)
     d = config_lib.load_config(os.path.join(REPO, dpo_spec), {f"dpo.{k}": v for k, v in dpo_set.items()}).dpo
     info = stylear.build_dpo_pairs(pipes["stylear"], scorers, pairs, num_prompts=args.dpo_prompts or d.num_prompts,
                                    samples_per_prompt=d.samples_per_prompt, seed=args.seed,
                                    weights=d.score_weights.to_dict(), batch_size=eval_kw["batch_size"],
                                    min_gap=float(d.min_gap))
     print(f"DPO pairs: {info}", flush=True)
-    overrides = {"init_from.workdir": recipe, "dpo.pairs": pairs, **{f"dpo.{k}": v for k, v in dpo_set.items()}}
+    overrides = {**dict(args.config_set), "init_from.workdir": recipe, "dpo.pairs": pairs,
+                 **{f"dpo.{k}": v for k, v in dpo_set.items()}}
     if args.dpo_steps:
       overrides["total_steps"] = str(args.dpo_steps)
     pipe = _train(dpo_spec, os.path.join(args.out, DPO), overrides)

@@ -1,5 +1,6 @@
 """StyleAR recipe: only LoRA + resampler train, style-token noise and content subtraction, the
 structure prefix, the data mix, DPO wiring, and generate / evaluate / DPO pairs on a runlocal run."""
+import json
 import os
 
 import jax
@@ -19,13 +20,18 @@ from test_ar_t2i import load, random_task_params
 SPEC = "configs/stylear.py:runlocal,structure"
 
 
-def _random_scorers():
+def _ablations():
+  """launch/stylear_ablations.py as a module."""
   import importlib.util
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch", "stylear_ablations.py")
   spec = importlib.util.spec_from_file_location("stylear_ablations", path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  return mod.random_scorers(32)
+  return mod
+
+
+def _random_scorers():
+  return _ablations().random_scorers(32)
 
 
 def _cond(task, b, seed=0, structure=False):
@@ -195,3 +201,18 @@ def test_generate_evaluate_and_dpo_pairs(run, tmp_path):
   # the stored reference log-probs are this run's: the DPO loss at its params is log 2
   loss, _ = jax.jit(task.loss)(pipe.params, batch, jax.random.key(0))
   np.testing.assert_allclose(float(loss), np.log(2.0), atol=1e-4)
+
+
+def test_ablation_script_passes_config_and_dpo_overrides_to_both_runs(tmp_path, capsys):
+  mod = _ablations()
+  with pytest.raises(SystemExit):
+    mod.main(["--out", str(tmp_path / "bad"), "--set", "model.lora_rank"])
+  assert "not KEY=VALUE" in capsys.readouterr().err
+  out = str(tmp_path / "abl")
+  text = mod.main(["--runlocal", "--out", out, "--variants", "stylear_dpo", "--set", "model.lora_rank=2",
+                   "--dpo-set", "sft_weight=1", "--dpo-set", "min_gap=0.001"])
+  assert "StyleAR + DPO" in text
+  recipe = json.load(open(os.path.join(out, "stylear", "config.json")))
+  tuned = json.load(open(os.path.join(out, "stylear_dpo", "config.json")))
+  assert recipe["model"]["lora_rank"] == tuned["model"]["lora_rank"] == 2  # --set reaches the DPO run too
+  assert tuned["dpo"]["sft_weight"] == 1.0 and tuned["dpo"]["min_gap"] == 0.001
