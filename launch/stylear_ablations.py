@@ -207,15 +207,14 @@ def main(argv: list[str] | None = None) -> str:
     from stylejax import config as config_lib
     recipe, pairs = os.path.join(args.out, "stylear"), os.path.join(args.out, "dpo_pairs.npz")
     dpo_spec = "configs/stylear.py:dpo" + (",runlocal" if args.runlocal else "")
-    dpo_set = dict(args.dpo_set)
-    d = config_lib.load_config(os.path.join(REPO, dpo_spec), {f"dpo.{k}": v for k, v in dpo_set.items()}).dpo
+    dpo_set = {f"dpo.{k}": v for k, v in args.dpo_set}
+    d = config_lib.load_config(os.path.join(REPO, dpo_spec), dpo_set).dpo
     info = stylear.build_dpo_pairs(pipes["stylear"], scorers, pairs, num_prompts=args.dpo_prompts or d.num_prompts,
                                    samples_per_prompt=d.samples_per_prompt, seed=args.seed,
                                    weights=d.score_weights.to_dict(), batch_size=eval_kw["batch_size"],
                                    min_gap=float(d.min_gap))
     print(f"DPO pairs: {info}", flush=True)
-    overrides = {**dict(args.config_set), "init_from.workdir": recipe, "dpo.pairs": pairs,
-                 **{f"dpo.{k}": v for k, v in dpo_set.items()}}
+    overrides = {**dict(args.config_set), "init_from.workdir": recipe, "dpo.pairs": pairs, **dpo_set}
     if args.dpo_steps:
       overrides["total_steps"] = str(args.dpo_steps)
     pipe = _train(dpo_spec, os.path.join(args.out, DPO), overrides)

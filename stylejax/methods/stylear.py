@@ -325,8 +325,8 @@ def build_dpo_pairs(workdir: str | ARImagePipeline, scorers: Any, out_path: str,
                     batch_size: int = 32, min_gap: float = 0.0, **overrides: Any) -> dict[str, Any]:
   """Samples `samples_per_prompt` images for each of `num_prompts` (prompt, style reference) pairs
   from a StyleAR run, ranks them by `preference_score`, keeps (best, worst) per prompt whose scores
-  differ by more than `min_gap` (`dpo.preference_pairs`), and writes the pairs plus the run's (the frozen reference's) sequence
-  log-probs to `out_path` (.npz) for `StyleARDPOTask`. References use training-family styles
+  differ by more than `min_gap` (`dpo.preference_pairs`), and writes the pairs plus the run's (the
+  frozen reference's) sequence log-probs to `out_path` (.npz) for `StyleARDPOTask`. References use training-family styles
   (named, or fresh random ones from a stream disjoint from eval and training). Returns a summary.
   """
   if not out_path.endswith(".npz"):
