@@ -64,7 +64,6 @@ def main() -> None:
   per_style = []
   t0 = time.time()
 
-  add = lambda row, per: add_to_pool(pooled, row, per)
   for k in range(args.styles):
     style, content, reference = heldout_reference(k, size)
     print(f"== style {k}: {style.descriptor!r}, reference {content.caption!r}", flush=True)
@@ -90,13 +89,13 @@ def main() -> None:
                                for name, m in tuned.items()}}
     for row, gen in rows.items():
       metrics, _, per = sd_lib.evaluate(gen, reference, style.descriptor, **kw)
-      add(row, per)
+      add_to_pool(pooled, row, per)
       style_result[row] = metrics
     per_style.append(style_result)
     print(json.dumps({r: {m: round(v["mean"], 3) for m, v in style_result[r].items() if v["mean"] is not None}
                       for r in ("base", "round1", "round2")}), flush=True)
 
-  table = {row: sd_lib.summarize({n: np.concatenate(v) for n, v in names.items()}) for row, names in pooled.items()}
+  table = summarize_pool(pooled)
   os.makedirs(args.out, exist_ok=True)
   results = {"pooled": table, "per_style": per_style, "seconds": time.time() - t0, "args": vars(args)}
   with open(os.path.join(args.out, "results.json"), "w") as f:
@@ -117,6 +116,12 @@ def add_to_pool(pooled: dict, row: str, per: dict) -> None:
   """Appends one style's per-image scores {metric: [n]} to pooled[row][metric] (concatenated at the end)."""
   for name, v in per.items():
     pooled.setdefault(row, {}).setdefault(name, []).append(np.asarray(v, np.float64))
+
+
+def summarize_pool(pooled: dict) -> dict:
+  """{row: styledrop.summarize(that row's scores over all styles)} of an add_to_pool pool."""
+  from stylejax.methods import styledrop as sd_lib
+  return {row: sd_lib.summarize({n: np.concatenate(v) for n, v in names.items()}) for row, names in pooled.items()}
 
 
 def progress(base: float, tuned: float, ceiling: float) -> float | None:

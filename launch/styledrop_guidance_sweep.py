@@ -13,9 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import numpy as np  # noqa: E402
 
-from styledrop_eval import add_to_pool, heldout_reference  # noqa: E402
+from styledrop_eval import add_to_pool, heldout_reference, summarize_pool  # noqa: E402
 
 GRID = {"A1 B1 const": dict(style_guidance=1.0, content_guidance=1.0),
         "A1 B2 const": dict(style_guidance=1.0, content_guidance=2.0),
@@ -61,8 +60,7 @@ def main() -> None:
                                                     if v["mean"] is not None}}), flush=True)
   print("POOLED")
   keep = ("text_fidelity", "style_fidelity", "content_leakage", "style_fidelity_token_ceiling")
-  for name, d in pooled.items():
-    m = sd_lib.summarize({key: np.concatenate(v) for key, v in d.items()})
+  for name, m in summarize_pool(pooled).items():
     print(json.dumps({"run": name, **{n: (round(v["mean"], 3), [round(x, 3) for x in v["ci95"]])
                                       for n, v in m.items() if n in keep}}), flush=True)
 

@@ -157,3 +157,17 @@ def test_clip_task_trains_sharded_under_the_trainer(tmp_path):
   ids, mask = tok.encode(["two red stars", "two red stars in neon outline style"])
   feats = model.apply({"params": host_params}, jnp.asarray(ids), jnp.asarray(mask), method="get_text_features")
   assert feats.shape == (2, config.model.projection_dim) and np.isfinite(np.asarray(feats)).all()
+
+
+def test_shape_probe_separates_what_the_features_encode():
+  import importlib.util
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch", "clip_shape_probe.py")
+  spec = importlib.util.spec_from_file_location("clip_shape_probe", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  rng = np.random.default_rng(0)
+  y = rng.integers(0, 3, 400)
+  informative = np.eye(3)[y] * 3 + rng.normal(size=(400, 3)) * 0.3  # label in the features
+  noise = rng.normal(size=(400, 3))                                    # label absent
+  assert mod.probe_accuracy(informative[:300], y[:300], informative[300:], y[300:], 3, steps=200) > 0.95
+  assert mod.probe_accuracy(noise[:300], y[:300], noise[300:], y[300:], 3, steps=200) < 0.55
