@@ -50,7 +50,8 @@ def test_decode_matches_full_recompute_with_padding(lm):
     logits, cache = _apply(model)({"params": params}, tokens[:, t:t + 1], cache=cache)
     np.testing.assert_allclose(logits[:, 0], full[:, t], atol=2e-5, err_msg=f"step {t}")
   assert int(cache.index) == 9 and cache.max_len == 12
-  assert len(cache.k) == model.layers and all(k.shape == (2, 2, 12, 8) for k in cache.k + cache.v)
+  assert len(cache.k) == model.layers and all(k.shape == (2, 2, 8, 12) for k in cache.k)  # keys stored [.., Dh, S]
+  assert all(v.shape == (2, 2, 12, 8) for v in cache.v)
 
   # padding changes nothing for the real tokens: row 1 equals its unpadded sequence alone
   alone, _ = _apply(model)({"params": params}, tokens[1:, 2:])

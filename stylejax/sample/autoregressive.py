@@ -110,11 +110,12 @@ def top_k_mask(logits: Array, k: Array) -> Array:
   k [] or [B] int in [1, V]. The exact k-th largest is found without a sort: bisection on the
   float's sort key, one bit per step, keeping the largest key m with count(key >= m) >= k."""
   keys = _sort_key(logits)
-  k = jnp.broadcast_to(k, logits.shape[:-1])[..., None]
+  # counts in float32 (exact below 2**24 entries): XLA:CPU sums f32 ~1.6x faster than int32 here
+  k = jnp.broadcast_to(k, logits.shape[:-1])[..., None].astype(jnp.float32)
 
   def bit(i, m):
     cand = m | (jnp.uint32(1) << (_BITS - 1 - i).astype(jnp.uint32))
-    enough = jnp.sum(keys >= cand, axis=-1, keepdims=True) >= k
+    enough = jnp.sum((keys >= cand).astype(jnp.float32), axis=-1, keepdims=True) >= k
     return jnp.where(enough, cand, m)
   kth = jax.lax.fori_loop(0, _BITS, bit, jnp.zeros(k.shape, jnp.uint32))
   return jnp.where(keys >= kth, logits, NEG_INF)
