@@ -15,6 +15,7 @@ per-repeat ratios. "compile s" = stylejax's first call minus its median call (tr
 compile; greedy and sampling compile separately, so each row has its own).
 
   python launch/bench_ar.py [--repeats 5] [--quick] [--out FILE.md]
+  python launch/bench_ar.py --profile --configs tiny --batches 8    # where stylejax's decode time goes
 
 Runs on CPU by default (JAX_PLATFORMS=cpu unless set). Torch threads: `--threads N`, or
 `auto` (default): per config and batch, the faster of 1 and all cores in a short probe. On a
@@ -140,6 +141,28 @@ def bench(configs: list[str], batches: list[int], prompt_len: int, steps: int, r
   return rows
 
 
+def profile(configs: list[str], batches: list[int], prompt_len: int, steps: int, top: int = 12) -> str:
+  """Markdown: per config, batch and setting, stylejax's `top` ops by time per decode step."""
+  out = []
+  with tempfile.TemporaryDirectory() as tmp:
+    for name in configs:
+      _, model, params, _ = build_models(name, prompt_len + steps, tmp)
+      for batch in batches:
+        ids = np.random.default_rng(batch).integers(1, model.vocab_size, (batch, prompt_len)).astype(np.int64)
+        for sname, (settings, _) in SETTINGS.items():
+          run = lambda: run_stylejax(model, params, ids, steps, settings, 0)
+          run()
+          hlo = sa.lower_generate(model, params, sa.Prompt(ids), jax.random.key(0), steps,
+                                  settings=settings).compile().as_text()
+          ops = bench_util.op_profile(run, hlo)
+          total = sum(s for _, s in ops)
+          out += [f"stylejax {name}, batch {batch}, {sname}: {total / steps * 1e3:.3f} ms of ops per decode step "
+                  f"(prefill included; profiler on)", "", "| op | ms / step | share |", "|---|---|---|"]
+          out += [f"| `{op}` | {s / steps * 1e3:.3f} | {s / total:.0%} |" for op, s in ops[:top]]
+          out.append("")
+  return "\n".join(out)
+
+
 def markdown(rows: list[dict[str, Any]], header: str) -> str:
   lines = [header, "",
            "| config | batch | sampling | stylejax tok/s | transformers tok/s (torch threads) | ratio | "
@@ -168,6 +191,8 @@ def main(argv: list[str] | None = None) -> str:
   p.add_argument("--new-tokens", type=int, default=None, help="default 128 (32 with --quick)")
   p.add_argument("--threads", default="auto", help="torch intra-op threads: N, or auto (faster of 1 and all cores)")
   p.add_argument("--out", default=None, help="also write the markdown table here")
+  p.add_argument("--profile", action="store_true",
+                 help="instead of timing against transformers, list stylejax's costliest ops per decode step")
   a = p.parse_args(argv)
   if a.repeats < 1:
     p.error("--repeats must be >= 1")
@@ -179,6 +204,8 @@ def main(argv: list[str] | None = None) -> str:
   steps = a.new_tokens or (32 if a.quick else 128)
   repeats = min(a.repeats, 2) if a.quick else a.repeats
   threads = bench_util.thread_candidates(p, a.threads)
+  if a.profile:
+    return bench_util.emit(profile(configs, batches, a.prompt_len, steps), a.out)
   log = lambda s: print(s, file=sys.stderr, flush=True)
   desc = machine()
   log(desc)

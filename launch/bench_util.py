@@ -61,3 +61,39 @@ def emit(table: str, path: str | None) -> str:
     with open(path, "w") as f:
       f.write(table)
   return table
+
+
+def op_profile(fn: Callable[[], Any], hlo_text: str, repeats: int = 3) -> list[tuple[str, float]]:
+  """Where a jitted call's time goes: [(op, seconds per call)], largest first.
+
+  Runs `fn` (compiled already) `repeats` times under `jax.profiler`, sums each HLO instruction's
+  trace events and names it by the `op_name` in `hlo_text` (the compiled module's `as_text()`), with
+  layer indices folded (`layers_3/attn/...` -> `layers_N/attn/...`) so a layer's ops sum over layers, and
+  the outermost loop's prefix dropped (ops outside it keep their `jit(...)/` prefix). Control flow
+  (while, conditional, call) and events that are not ops of this module (host frames, runtime waits)
+  are left out, so nothing is counted twice.
+  """
+  import glob
+  import gzip
+  import json
+  import re
+  import tempfile
+  from collections import Counter
+
+  import jax
+  names = {m.group(1): re.sub(r"layers_\d+", "layers_N", m.group(3).split("/while/body/closed_call/", 1)[-1])
+           for m in re.finditer(r"%([\w.\-]+) = \S+ ([\w\-]+)\(.*?op_name=\"([^\"]+)\"", hlo_text)
+           if m.group(2) not in ("while", "conditional", "call")}  # these only wrap other ops' events
+  with tempfile.TemporaryDirectory() as tmp:
+    with jax.profiler.trace(tmp, create_perfetto_trace=True):
+      for _ in range(repeats):
+        fn()
+    (path,) = glob.glob(os.path.join(tmp, "**", "perfetto_trace.json.gz"), recursive=True)
+    with gzip.open(path) as f:
+      trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  total: Counter = Counter()
+  for e in events:
+    if e.get("ph") == "X" and e.get("name") in names:
+      total[names[e["name"]]] += e.get("dur", 0) * 1e-6 / repeats
+  return total.most_common()
