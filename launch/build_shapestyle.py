@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -58,7 +59,7 @@ def train(part: str, root: str, extra: list[str]) -> str:
 def command(part: str) -> str:
   """The recorded shell command that reproduces a part (stages joined with &&)."""
   from configs import shapestyle
-  chain = " && ".join("stylejax train " + " ".join(args) for _, args in stages(part, "/tmp/ss"))
+  chain = " && ".join("stylejax train " + shlex.join(args) for _, args in stages(part, "/tmp/ss"))
   if part in shapestyle.MERGE_CODES:
     chain += f"  # then its codebook merged to {shapestyle.MERGE_CODES[part]} codes (build_shapestyle.merge_codes)"
   return chain

@@ -9,9 +9,10 @@ The cache is a plain pytree (`KVCache`) passed in and returned: `model.apply(par
 positions, cache) -> (logits, new_cache)`, so prefill and decode are the same pure function.
 It is stored in the layouts attention reads (keys [B, kv_heads, Dh, S], values [B, kv_heads, S, Dh]
 per layer), and each layer writes its new keys/values with one `dynamic_update_slice`, so under a
-`fori_loop` carry XLA updates the buffers in place: a decode step transposes and re-stacks nothing cache-sized. Unrolled layers
-keep one buffer each (a tuple), which the attention dots read directly; scanned layers need one
-stacked [layers, ...] array, carried through the scan, so each layer reads a copy of its slice.
+`fori_loop` carry XLA updates the buffers in place: a decode step transposes and re-stacks nothing
+cache-sized. Unrolled layers keep one buffer each (a tuple), which the attention dots read directly;
+scanned layers need one stacked [layers, ...] array, carried through the scan, so each layer reads a
+copy of its slice.
 Masking works on cache *slots*: a query in slot q sees key slots s <= q that hold real tokens
 (`valid`), plus itself. Padding can therefore sit anywhere in a prompt (e.g. a dropped text
 prefix in a CFG unconditional row); padding tokens only attend to themselves, so every softmax
