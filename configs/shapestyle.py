@@ -165,7 +165,8 @@ STAGES = {
     # The shipped CLIP: 6000 more steps on the vision tower alone (the text tower, which conditions both
     # bases, frozen and bit-identical): zero-shot shape accuracy (named, n = 200) 0.25 -> 0.44, and a
     # linear probe of its image embeddings 0.21 -> 0.40 (README).
-    "clip": ((), ("--config.total_steps=6000", "--config.optimizer.lr=5e-4", '--config.optimizer.freeze=("^text_",)')),
+    "clip": ((), ("--config.total_steps=6000", "--config.optimizer.lr=5e-4",
+                  '--config.optimizer.freeze=("^text_",)')),
 }
 
 # After its stages, the shipped tokenizer's codebook is merged to this many codes (usage-weighted k-means,

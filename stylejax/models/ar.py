@@ -262,12 +262,13 @@ class Attention(nn.Module):
 
     b, l = q.shape[:2]
     groups = self.heads // self.kv_heads
-    qg = q.reshape(b, l, self.kv_heads, groups, self.head_dim)
-    scores = jnp.einsum("bkgld,bkds->bkgls", qg.transpose(0, 2, 3, 1, 4), k).astype(jnp.float32) * self.head_dim ** -0.5
+    qg = q.reshape(b, l, self.kv_heads, groups, self.head_dim).transpose(0, 2, 3, 1, 4)  # [B, Hkv, G, L, Dh]
+    scores = jnp.einsum("bkgld,bkds->bkgls", qg, k).astype(jnp.float32) * self.head_dim ** -0.5
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
     # bkgld, then transposed: asking the dot for blkgd directly makes XLA:CPU pick a layout ~7x slower at decode
-    out = jnp.einsum("bkgls,bksd->bkgld", probs, v).transpose(0, 3, 1, 2, 4).reshape(b, l, self.heads, self.head_dim)
+    out = jnp.einsum("bkgls,bksd->bkgld", probs, v).transpose(0, 3, 1, 2, 4)
+    out = out.reshape(b, l, self.heads, self.head_dim)
     out = Projection((x.shape[-1],), ("heads", "kv", "embed"), 2, self.out_bias, self.init_std, self.dtype,
                      self.param_dtype, lora("o"), name="o")(out)
     return out, kv
