@@ -84,6 +84,11 @@ def build_models(name: str, max_len: int, tmp: str) -> tuple[Any, Any, dict, int
   return ref, model, params, sum(p.numel() for p in ref.parameters())
 
 
+def prompt_ids(vocab: int, batch: int, prompt_len: int) -> np.ndarray:
+  """The benchmark's prompts: [batch, prompt_len] int64 token ids, fixed per batch size."""
+  return np.random.default_rng(batch).integers(1, vocab, (batch, prompt_len)).astype(np.int64)
+
+
 def run_stylejax(model, params, ids: np.ndarray, steps: int, settings: sa.SampleSettings, seed: int) -> np.ndarray:
   out = sa.generate(model, params, sa.Prompt(ids), jax.random.key(seed), steps, settings=settings)
   return np.asarray(jax.block_until_ready(out))
@@ -111,7 +116,7 @@ def bench(configs: list[str], batches: list[int], prompt_len: int, steps: int, r
       ref, model, params, n_params = build_models(name, prompt_len + steps, tmp)
       log(f"[{name}] {n_params / 1e6:.1f}M params")
       for batch in batches:
-        ids = np.random.default_rng(batch).integers(1, model.vocab_size, (batch, prompt_len)).astype(np.int64)
+        ids = prompt_ids(model.vocab_size, batch, prompt_len)
         th = pick_threads(ref, ids, max(steps // 4, 4), threads) if len(threads) > 1 else threads[0]
         torch.set_num_threads(th)
         for sname, (sj_settings, tf_kwargs) in SETTINGS.items():
@@ -148,7 +153,7 @@ def profile(configs: list[str], batches: list[int], prompt_len: int, steps: int,
     for name in configs:
       _, model, params, _ = build_models(name, prompt_len + steps, tmp)
       for batch in batches:
-        ids = np.random.default_rng(batch).integers(1, model.vocab_size, (batch, prompt_len)).astype(np.int64)
+        ids = prompt_ids(model.vocab_size, batch, prompt_len)
         for sname, (settings, _) in SETTINGS.items():
           run = lambda: run_stylejax(model, params, ids, steps, settings, 0)
           run()

@@ -42,7 +42,8 @@ def main() -> None:
   from stylejax.data import shapestyle as ss
   from stylejax.eval import shapestyle_eval as E
   from stylejax.models.parts import load_clip_embedder
-  styles = E.style_sets()["named"] + E.style_sets()["plain"]
+  sets = E.style_sets()
+  styles = sets["named"] + sets["plain"]
   train_x, train_y, _ = E._examples(3000, styles, 11)
   test_x, test_y, _ = E._examples(600, styles, 12)
   for run in args.runs:

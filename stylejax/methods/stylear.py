@@ -197,8 +197,8 @@ class StyleARDPOTask(StyleARTask):
     logps = self.sequence_logprobs(params, cond, jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], 0))
     d = self.config.dpo
     return dpo.dpo_loss(logps[:b], logps[b:], batch["ref_chosen_logp"], batch["ref_rejected_logp"],
-                        float(d.beta), float(d.get("label_smoothing", 0.0)), sft_weight=float(d.get("sft_weight", 0.0)),
-                        chosen_tokens=float(batch["chosen_ids"].shape[1]))
+                        float(d.beta), float(d.get("label_smoothing", 0.0)),
+                        sft_weight=float(d.get("sft_weight", 0.0)), chosen_tokens=float(batch["chosen_ids"].shape[1]))
 
 
 # ----------------------------------------------------------------------------------------- public API
@@ -326,8 +326,9 @@ def build_dpo_pairs(workdir: str | ARImagePipeline, scorers: Any, out_path: str,
   """Samples `samples_per_prompt` images for each of `num_prompts` (prompt, style reference) pairs
   from a StyleAR run, ranks them by `preference_score`, keeps (best, worst) per prompt whose scores
   differ by more than `min_gap` (`dpo.preference_pairs`), and writes the pairs plus the run's (the
-  frozen reference's) sequence log-probs to `out_path` (.npz) for `StyleARDPOTask`. References use training-family styles
-  (named, or fresh random ones from a stream disjoint from eval and training). Returns a summary.
+  frozen reference's) sequence log-probs to `out_path` (.npz) for `StyleARDPOTask`. References use
+  training-family styles (named, or fresh random ones from a stream disjoint from eval and training).
+  Returns a summary.
   """
   if not out_path.endswith(".npz"):
     raise ValueError(f"out_path={out_path!r} must end in .npz.")
