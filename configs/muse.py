@@ -22,6 +22,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       layout="muse", codebook_size=common.SHAPESTYLE_CODES, seq_len=64, text_dim=128, text_len=48, null_text="learned",
       width=256, depth=6, heads=8, mlp_dim=1024, dropout=0.1, conv_blocks=0,
       label_smoothing=0.1, mask_schedule="arccos", min_mask_rate=0.0, cond_dropout=0.1,
+      foreground_weight=0.0,  # ShapeStyle: extra loss weight on shape tokens (MuseTask; 0 = Muse)
       adapters=ml_collections.ConfigDict(dict(kind="none"))))
   c.data = ml_collections.ConfigDict(dict(name="shapestyle", image_size=64, seed=0, num_examples=1_000_000,
                                           styles="named+plain", plain_fraction=None,

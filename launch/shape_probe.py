@@ -35,13 +35,6 @@ from stylejax.eval import metrics as M  # noqa: E402
 COLUMNS = ("token_acc", "fill_shape", "infill_shape", "recon_shape")
 
 
-def shape_token_mask(masks: np.ndarray, grid: int) -> np.ndarray:
-  """[B, S, S] shape masks -> [B, grid*grid] bool: tokens whose cell holds any shape pixel."""
-  b, s, _ = masks.shape
-  cell = s // grid
-  return (masks.reshape(b, grid, cell, grid, cell).max((2, 4)) > 0).reshape(b, grid * grid)
-
-
 def load(workdir: str, step: int | None) -> tuple[str, Any]:
   """('muse' | 'ar', pipeline) for a Muse or AR text-to-image base run; the run's kind is read from its
   config first, so a wrong run fails before any weights load."""
@@ -84,7 +77,7 @@ def probe(kind: str, pipe: Any, scorers: Any, styles: str, num: int, seed: int =
   images = np.stack([e["image"] for e in ex])
   shapes = np.array([int(e["shape"]) for e in ex])
   ids = np.asarray(tokenizer.encode(images))
-  fg = shape_token_mask(np.stack([e["mask"] for e in ex]), int(round(ids.shape[1] ** 0.5)))
+  fg = ss.shape_token_mask(np.stack([e["mask"] for e in ex]), int(round(ids.shape[1] ** 0.5)))
   argmax, sampled = predict_shape_tokens(kind, pipe, ids, fg, [str(e["caption"]) for e in ex])
   shape_ok = lambda x: scorers.classify(tokenizer.decode(x))["shape"] == shapes
   per_image = [(argmax[i] == ids[i])[fg[i]].mean() for i in range(num) if fg[i].any()]

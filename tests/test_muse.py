@@ -1,4 +1,6 @@
 """The masked token transformer (maskgit and muse layouts), its masked-token loss and task."""
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -6,11 +8,15 @@ import ml_collections
 import numpy as np
 import pytest
 
+from stylejax import config as config_lib
 from stylejax import parallel
+from stylejax.data import shapestyle as ss
 from stylejax.models import muse
 from stylejax.nn.adapters import AdapterConfig
 from stylejax.train import losses
 from configs.common import LOGICAL_AXIS_RULES
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 K, L, C, DT, T = 16, 16, 5, 12, 3
 
@@ -236,6 +242,18 @@ def test_label_smoothing_hand_example():
   assert float(aux["masked_accuracy"]) == 1.0
 
 
+def test_token_weight_is_a_weighted_mean_over_masked_tokens():
+  # two masked tokens with nll ln 2 and ln 4; weights 1 and 3 -> (ln 2 + 3 ln 4) / 4; the third is unmasked.
+  logits = jnp.log(jnp.array([[[1.0, 1.0], [1.0, 3.0], [1.0, 1.0]]]))
+  targets, mask = jnp.array([[0, 0, 0]]), jnp.array([[True, True, False]])
+  weight = jnp.array([[1.0, 3.0, 100.0]])
+  loss, aux = losses.masked_token_loss(logits, targets, mask, token_weight=weight)
+  np.testing.assert_allclose(loss, (np.log(2.0) + 3 * np.log(4.0)) / 4, rtol=1e-6)
+  np.testing.assert_allclose(aux["masked_accuracy"], 0.5)  # accuracy stays unweighted
+  np.testing.assert_allclose(losses.masked_token_loss(logits, targets, mask, token_weight=jnp.ones((1, 3)))[0],
+                             losses.masked_token_loss(logits, targets, mask)[0], rtol=1e-6)
+
+
 def test_masking_counts_rates_and_ids():
   ids = jnp.zeros((64, 20), jnp.int32)
   masked, mask = losses.mask_tokens(jax.random.key(0), ids, 99, "arccos", 0.5)
@@ -303,3 +321,20 @@ def test_synthetic_tokens_are_class_structured():
   assert len(by_class) == 4
   for c, codes in by_class.items():
     assert codes <= set(src.palettes[c].tolist())  # each class only uses its palette
+
+
+def test_shapestyle_batches_mark_shape_tokens_and_foreground_weight_reweights_the_loss():
+  config = config_lib.load_config(os.path.join(REPO, "configs/shapestyle.py:base,runlocal"))
+  task = muse.MuseTask(config)
+  src = task.source("train")
+  exs = [src[i] for i in range(4)]
+  batch = task.prepare_batch({k: np.stack([e[k] for e in exs]) for k in exs[0]})
+  fg = ss.shape_token_mask(np.stack([e["mask"] for e in exs]), 4)  # runlocal: 32 px, 4x4 tokens
+  np.testing.assert_array_equal(batch["foreground"], fg)
+  assert 0 < fg.mean() < 1
+  params = nn.meta.unbox(task.init(jax.random.key(0)))
+  plain, aux = task.loss(params, batch, jax.random.key(1))
+  assert 0.0 <= float(aux["shape_token_accuracy"]) <= 1.0
+  config.model.foreground_weight = 4.0
+  weighted, _ = muse.MuseTask(config).loss(params, batch, jax.random.key(1))
+  assert abs(float(weighted) - float(plain)) > 1e-4

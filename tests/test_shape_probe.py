@@ -10,6 +10,7 @@ import pytest
 
 from stylejax import config as config_lib
 from stylejax.checkpoint import Checkpointer
+from stylejax.data import shapestyle as ss
 from stylejax.train import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +22,7 @@ def test_shape_token_mask_marks_cells_touching_a_shape():
   masks = np.zeros((1, 8, 8), np.uint8)
   masks[0, 1, 1] = 1  # cell (0, 0)
   masks[0, 5, 3:6] = 1  # straddles cells (1, 0) and (1, 1)
-  np.testing.assert_array_equal(shape_probe.shape_token_mask(masks, 2), [[True, False, True, True]])
+  np.testing.assert_array_equal(ss.shape_token_mask(masks, 2), [[True, False, True, True]])
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +35,11 @@ def scorers():
 def test_probe_predicts_only_shape_tokens_and_an_oracle_scores_the_ceiling(name, kind, scorers, monkeypatch):
   got_kind, pipe = shape_probe.load(name, None)
   assert got_kind == kind
-  from stylejax.data import shapestyle as ss
   src = ss.ShapeStyleSource("test", 64, 0, "plain")
   ex = [src[i] for i in range(6)]
   tok = pipe.tokenizer if kind == "muse" else pipe.task.image_tokenizer
   ids = np.asarray(tok.encode(np.stack([e["image"] for e in ex])))
-  fg = shape_probe.shape_token_mask(np.stack([e["mask"] for e in ex]), 8)
+  fg = ss.shape_token_mask(np.stack([e["mask"] for e in ex]), 8)
   argmax, sampled = shape_probe.predict_shape_tokens(kind, pipe, ids, fg, [str(e["caption"]) for e in ex])
   np.testing.assert_array_equal(argmax[~fg], ids[~fg])  # background tokens stay the true ones
   assert argmax.shape == ids.shape and argmax.max() < 128

@@ -614,6 +614,13 @@ def _as_content(content: Content | tuple[int, int, int] | str) -> Content:
   return Content(shape, color, int(count))
 
 
+def shape_token_mask(masks: np.ndarray, grid: int) -> np.ndarray:
+  """[B, S, S] shape masks -> [B, grid*grid] bool: the token cells that hold any shape pixel."""
+  b, s, _ = masks.shape
+  cell = s // grid
+  return (masks.reshape(b, grid, cell, grid, cell).max((2, 4)) > 0).reshape(b, grid * grid)
+
+
 def make_example(content: Content | tuple | str, style: Style | str | int, image_size: int = 64,
                  rng: np.random.Generator | int | None = None, image_dtype: str = "uint8",
                  index: int = -1) -> dict[str, np.ndarray]:

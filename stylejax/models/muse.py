@@ -559,11 +559,11 @@ def content_class(shape: Any, color: Any, count: Any) -> Any:
 
 
 class _ShapeStyleCaptions:
-  """ShapeStyle examples + numeric fields the Muse task needs: label (content class) and the
-  caption's token ids/mask (strings cannot ride in numeric batches)."""
+  """ShapeStyle examples + numeric fields the Muse task needs: label (content class), the
+  caption's token ids/mask (strings cannot ride in numeric batches) and, `with_mask`, the shape mask."""
 
-  def __init__(self, source, tokenize=None):
-    self.source, self.tokenize = source, tokenize
+  def __init__(self, source, tokenize=None, with_mask: bool = False):
+    self.source, self.tokenize, self.with_mask = source, tokenize, with_mask
 
   def __len__(self) -> int:
     return len(self.source)
@@ -572,6 +572,8 @@ class _ShapeStyleCaptions:
     ex = self.source[index]
     label = content_class(ex["shape"], ex["color"], ex["count"]) if "shape" in ex else 0
     out = {"image": ex["image"], "label": np.int32(label)}
+    if self.with_mask and "mask" in ex:
+      out["mask"] = ex["mask"]
     if self.tokenize is not None:
       ids, mask = self.tokenize([str(ex["caption"])])
       out.update(caption_ids=ids[0], caption_mask=mask[0])
@@ -584,14 +586,16 @@ class MuseTask(Task):
   config.model: the `MuseConfig` fields (layout, codebook_size, num_classes, width, depth, heads,
     mlp_dim, seq_len, text_dim, text_len, dropout, adapters, ...) plus the loss settings
     label_smoothing (MaskGIT 0.1), mask_schedule ("cosine" | "arccos" | "uniform"),
-    min_mask_rate, cond_dropout (Muse 0.1; rows trained with the null condition for CFG).
+    min_mask_rate, cond_dropout (Muse 0.1; rows trained with the null condition for CFG),
+    foreground_weight (ShapeStyle only; 0 = off, as Muse): masked tokens whose cell holds a shape pixel
+    weigh 1 + foreground_weight in the loss. On ShapeStyle their accuracy is logged as shape_token_accuracy.
   config.data: name="synthetic_tokens" (num_examples, seed; a test fixture) or name="shapestyle"
     (image_size, styles, plain_fraction, heldout_prompts, num_examples, seed): images tokenized by the frozen
     `config.tokenizer` part, captions embedded by the frozen `config.text_encoder` part (muse),
     class = content class (maskgit). Parts are {workdir, config} (see `trainer.load_part`).
     name="image_captions" (path to a `data.finetune` .npz, num_examples, augment, seed): fine-tuning.
   Batches: {"ids" [B, L], "label" [B]} (maskgit) or {"ids", "text_emb" [B, T, Dt], optional
-  "text_mask" [B, T]} (muse).
+  "text_mask" [B, T]} (muse); ShapeStyle adds "foreground" [B, L] (1 where a token cell holds a shape pixel).
   """
 
   def __init__(self, config):
@@ -644,7 +648,12 @@ class MuseTask(Task):
       cond, cond_mask = batch["text_emb"], batch.get("text_mask")
     logits, aux = self.model.apply({"params": params}, masked_ids, cond, cond_mask, drop_cond=drop, train=True,
                                    rngs={"dropout": dropout_rng})
-    loss, metrics = losses.masked_token_loss(logits, ids, mask, m.get("label_smoothing", 0.0))
+    fg, fg_weight = batch.get("foreground"), m.get("foreground_weight", 0.0)
+    weight = 1.0 + fg_weight * fg if fg is not None and fg_weight else None
+    loss, metrics = losses.masked_token_loss(logits, ids, mask, m.get("label_smoothing", 0.0), weight)
+    if fg is not None:  # the tokens that decide which shape is drawn (launch/shape_probe.py's token_acc)
+      hit = (jnp.argmax(logits, -1) == ids) & mask & (fg > 0)
+      metrics["shape_token_accuracy"] = hit.sum() / jnp.maximum((mask & (fg > 0)).sum(), 1)
     return loss, {**aux, **metrics}
 
   def source(self, split="train"):
@@ -656,7 +665,7 @@ class MuseTask(Task):
                                  styles=d.get("styles", "named+plain"), num_examples=d.num_examples,
                                  plain_fraction=d.get("plain_fraction", None),
                                  heldout_prompts=d.get("heldout_prompts", 0.0))
-      return _ShapeStyleCaptions(base, self.text_encoder.tokenize if c.layout != "maskgit" else None)
+      return _ShapeStyleCaptions(base, self.text_encoder.tokenize if c.layout != "maskgit" else None, with_mask=True)
     if name == "image_captions":  # a small fine-tuning set (StyleDrop); text-conditioned only
       if c.layout == "maskgit":
         raise ValueError("data.name='image_captions' needs a text-conditioned (muse) model.")
@@ -677,6 +686,10 @@ class MuseTask(Task):
     if "image" not in batch:
       return batch
     out = {"ids": self.image_tokenizer.encode(batch["image"]), "label": batch["label"]}
+    if "mask" in batch:  # [B, S, S] shape masks -> [B, L] float {0, 1} per token cell
+      from stylejax.data.shapestyle import shape_token_mask
+      grid = int(round(self.model_config.seq_len ** 0.5))
+      out["foreground"] = shape_token_mask(np.asarray(batch["mask"]), grid).astype(np.float32)
     if self.model_config.layout != "maskgit":
       out["text_emb"], out["text_mask"] = self.text_encoder.embed_ids(batch["caption_ids"], batch["caption_mask"])
     return out

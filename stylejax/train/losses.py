@@ -62,13 +62,14 @@ def cond_dropout_mask(rng: jax.Array, batch: int, rate: float) -> jax.Array:
   return jax.random.bernoulli(rng, rate, (batch,))
 
 
-def masked_token_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array, label_smoothing: float = 0.0
-                      ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def masked_token_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array, label_smoothing: float = 0.0,
+                      token_weight: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Cross-entropy over masked positions only, averaged over all masked tokens in the batch.
 
   logits [B, L, K] (any float dtype; computed in float32); targets int [B, L]; mask bool [B, L].
   Label smoothing spreads `label_smoothing` uniformly over the K classes (MaskGIT uses 0.1):
-  target = (1 - ls) onehot + ls / K.
+  target = (1 - ls) onehot + ls / K. token_weight [B, L] (optional) scales each masked token's term in
+  a weighted mean (the accuracy stays an unweighted mean over masked tokens).
   Returns (loss, {"masked_accuracy", "mask_rate"}).
   """
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
@@ -77,6 +78,7 @@ def masked_token_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array, la
   ce = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(logp, axis=-1) if label_smoothing else nll
   weights = mask.astype(jnp.float32)
   denom = jnp.maximum(weights.sum(), 1.0)
-  loss = jnp.sum(ce * weights) / denom
+  loss_weights = weights if token_weight is None else weights * token_weight.astype(jnp.float32)
+  loss = jnp.sum(ce * loss_weights) / jnp.maximum(loss_weights.sum(), 1e-6)
   correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
   return loss, {"masked_accuracy": jnp.sum(correct * weights) / denom, "mask_rate": jnp.mean(weights)}
