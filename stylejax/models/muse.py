@@ -560,10 +560,10 @@ def content_class(shape: Any, color: Any, count: Any) -> Any:
 
 class _ShapeStyleCaptions:
   """ShapeStyle examples + numeric fields the Muse task needs: label (content class), the
-  caption's token ids/mask (strings cannot ride in numeric batches) and, `with_mask`, the shape mask."""
+  caption's token ids/mask (strings cannot ride in numeric batches) and the shape mask where there is one."""
 
-  def __init__(self, source, tokenize=None, with_mask: bool = False):
-    self.source, self.tokenize, self.with_mask = source, tokenize, with_mask
+  def __init__(self, source, tokenize=None):
+    self.source, self.tokenize = source, tokenize
 
   def __len__(self) -> int:
     return len(self.source)
@@ -572,7 +572,7 @@ class _ShapeStyleCaptions:
     ex = self.source[index]
     label = content_class(ex["shape"], ex["color"], ex["count"]) if "shape" in ex else 0
     out = {"image": ex["image"], "label": np.int32(label)}
-    if self.with_mask and "mask" in ex:
+    if "mask" in ex:
       out["mask"] = ex["mask"]
     if self.tokenize is not None:
       ids, mask = self.tokenize([str(ex["caption"])])
@@ -665,7 +665,7 @@ class MuseTask(Task):
                                  styles=d.get("styles", "named+plain"), num_examples=d.num_examples,
                                  plain_fraction=d.get("plain_fraction", None),
                                  heldout_prompts=d.get("heldout_prompts", 0.0))
-      return _ShapeStyleCaptions(base, self.text_encoder.tokenize if c.layout != "maskgit" else None, with_mask=True)
+      return _ShapeStyleCaptions(base, self.text_encoder.tokenize if c.layout != "maskgit" else None)
     if name == "image_captions":  # a small fine-tuning set (StyleDrop); text-conditioned only
       if c.layout == "maskgit":
         raise ValueError("data.name='image_captions' needs a text-conditioned (muse) model.")
