@@ -34,8 +34,9 @@ def test_prepare_batch_tokenizes_images_and_embeds_captions():
   task = load_task(config)
   source = task.source("train")
   batch = {k: np.stack([source[i][k] for i in range(3)]) for k in source[0]}
-  assert set(batch) == {"image", "label", "caption_ids", "caption_mask"}
+  assert set(batch) == {"image", "label", "caption_ids", "caption_mask", "mask"}
   out = task.prepare_batch(batch)
+  assert set(out) == {"ids", "label", "foreground", "text_emb", "text_mask"}
   np.testing.assert_array_equal(out["ids"], task.image_tokenizer.encode(batch["image"]))
   assert out["ids"].shape == (3, task.model_config.seq_len) and out["ids"].max() < task.model_config.codebook_size
   assert out["text_emb"].shape == (3, config.model.text_len, config.model.text_dim)
