@@ -652,8 +652,8 @@ class MuseTask(Task):
     weight = 1.0 + fg_weight * fg if fg is not None and fg_weight else None
     loss, metrics = losses.masked_token_loss(logits, ids, mask, m.get("label_smoothing", 0.0), weight)
     if fg is not None:  # the tokens that decide which shape is drawn (launch/shape_probe.py's token_acc)
-      hit = (jnp.argmax(logits, -1) == ids) & mask & (fg > 0)
-      metrics["shape_token_accuracy"] = hit.sum() / jnp.maximum((mask & (fg > 0)).sum(), 1)
+      shape = mask & (fg > 0)
+      metrics["shape_token_accuracy"] = ((jnp.argmax(logits, -1) == ids) & shape).sum() / jnp.maximum(shape.sum(), 1)
     return loss, {**aux, **metrics}
 
   def source(self, split="train"):
