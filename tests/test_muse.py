@@ -196,6 +196,23 @@ def test_conv_stage_is_local_and_translation_equivariant():
     config("muse", conv_blocks=1, seq_len=15)
 
 
+def test_conv_block_grn_gradient_is_finite_on_a_dead_channel():
+  # A GELU channel that is 0 at every grid cell (here: zero weights into it) made GRN's sqrt(sum y^2)
+  # gradient NaN, which stopped a base run at step 2608; torch.norm's gradient there is 0, and so is ours.
+  c = config("muse", conv_blocks=1, width=8)
+  block = muse.ConvNeXtBlock(c)
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+  params = nn.meta.unbox(block.init(jax.random.key(1), x)["params"])
+  params = jax.tree.map(lambda p: p + 0.1, params)  # GRN gamma/beta off zero so the norm is in the graph
+  params["expand"]["kernel"] = params["expand"]["kernel"].at[:, 0].set(0.0)
+  params["expand"]["bias"] = params["expand"]["bias"].at[0].set(0.0)
+  loss = lambda p, v: jnp.sum(jnp.square(block.apply({"params": p}, v)))
+  gp, gx = jax.grad(loss, argnums=(0, 1))(params, x)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves((gp, gx)))
+  y = jnp.ones((1, 2, 2, 3)).at[..., 0].set(0.0)
+  np.testing.assert_allclose(muse._spatial_l2_norm(y)[0, 0, 0], [0.0, 2.0, 2.0])
+
+
 def test_sharded_forward_matches():
   """Born-sharded params on a (data, fsdp, tensor) = (2, 2, 2) mesh give the unsharded logits."""
   c = config("muse", depth=1, scan_layers=True, vocab_multiple=8, adapters=AdapterConfig(kind="styledrop"))

@@ -372,6 +372,17 @@ register_layout("muse", Layout(MuseEmbed, PreLNCrossBlock, MuseHead, ("self_attn
 
 # --------------------------------------------------------------------------- token-grid conv stage
 
+def _spatial_l2_norm(y: jax.Array) -> jax.Array:
+  """||y||_2 over the grid of [B, h, w, C] -> [B, 1, 1, C], with gradient 0 (as torch.norm) where it is 0.
+
+  A channel that is exactly 0 everywhere (GELU of a dead unit) made the plain sqrt's gradient NaN
+  and stopped a training run; the double `where` keeps the values and gives that channel a 0 gradient.
+  """
+  sq = jnp.sum(jnp.square(y), axis=(1, 2), keepdims=True)
+  live = sq > 0
+  return jnp.where(live, jnp.sqrt(jnp.where(live, sq, 1.0)), 0.0)
+
+
 class ConvNeXtBlock(_LayoutModule):
   """x + Dense(GRN(gelu(Dense(LN(dwconv(x)))))) on the token grid [B, h, w, D] (aMUSEd UVit2D ConvNextBlock,
   without its AdaLN micro-conditioning; GRN as ConvNeXt V2, Woo et al. 2023)."""
@@ -391,7 +402,7 @@ class ConvNeXtBlock(_LayoutModule):
                 name="depthwise")(x)
     y = LayerNorm(epsilon=c.eps, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(y)
     y = nn.gelu(dense(4 * d, ("embed", "mlp"), "expand")(y))
-    gx = jnp.sqrt(jnp.sum(jnp.square(y.astype(jnp.float32)), axis=(1, 2), keepdims=True))  # ConvNeXt V2 GRN
+    gx = _spatial_l2_norm(y.astype(jnp.float32))  # ConvNeXt V2 GRN
     nx = gx / (jnp.mean(gx, axis=-1, keepdims=True) + 1e-6)
     gamma = self.param("grn_gamma", _named(zeros, ("mlp",)), (4 * d,), self.param_dtype)
     beta = self.param("grn_beta", _named(zeros, ("mlp",)), (4 * d,), self.param_dtype)
