@@ -107,17 +107,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax
     writer = metrics_writer.MetricsWriter(workdir, enabled=is_main)
     bar = tqdm(total=total, initial=start, disable=not (is_main and config.progress), desc="train",
                dynamic_ncols=True)
-    bad = jnp.zeros((), bool)
+    first_bad = jnp.zeros((), jnp.int32)  # the first step whose loss or gradients were non-finite; 0: none
     last_saved = latest
     tick, tick_step = time.perf_counter(), start
     end = total if max_steps is None else min(total, start + max_steps)
 
     def save(step: int, force: bool = False):
       nonlocal last_saved
-      if bool(jax.device_get(bad)):
-        raise TrainError(f"non-finite loss or gradients before step {step}; stopped without saving. "
+      bad_step = int(jax.device_get(first_bad))
+      if bad_step:
+        clip = config.optimizer.get("grad_clip_norm", 0.0)
+        fix = "lower the learning rate" + (f" (grad clipping at {clip} is on)" if clip else " or enable grad clipping")
+        raise TrainError(f"non-finite loss or gradients at step {bad_step} (skipped, then stopped without saving). "
                          f"Last good checkpoint: step {last_saved} in {checkpointer.directory}. "
-                         f"Lower the learning rate or enable grad clipping, then rerun to resume.")
+                         f"{fix[0].upper() + fix[1:]}, then rerun to resume.")
       checkpointer.save(step, state, data.get_state(), force=force)
       last_saved = step
 
@@ -126,12 +129,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax
         if step > start:
           batch = parallel.host_batch_to_global(task.prepare_batch(next(data)), mesh)
         state, metrics = compiled(state, batch)
-        bad = bad | metrics["nonfinite"]
+        first_bad = jnp.where((first_bad == 0) & metrics["nonfinite"], step + 1, first_bad)
         done = step + 1
         bar.update(1)
         if done % config.log_every == 0 or done == end:
           host = jax.device_get(metrics)
-          if bool(jax.device_get(bad)):
+          if int(jax.device_get(first_bad)):
             save(done)  # raises with the message
           now = time.perf_counter()
           steps_per_s = (done - tick_step) / max(now - tick, 1e-9)
