@@ -33,6 +33,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from stylejax import config as config_lib  # noqa: E402  (light: ml_collections only)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = ("text_fidelity", "style_fidelity", "content_leakage", "clip_t", "clip_i")
@@ -124,7 +125,6 @@ def earlier_results(path: str, args: argparse.Namespace) -> dict[str, dict[str, 
 def _train(spec: str, workdir: str, overrides: dict[str, str]):
   """Trains (or resumes / skips) one variant; returns its sampling pipeline (from the final state
   when this call trained, so nothing is rebuilt or restored)."""
-  from stylejax import config as config_lib
   from stylejax.methods import stylear
   from stylejax.models.ar_t2i import ARImagePipeline
   from stylejax.train import trainer
@@ -135,13 +135,6 @@ def _train(spec: str, workdir: str, overrides: dict[str, str]):
     return stylear.load(workdir)
   state = summary["state"]
   return ARImagePipeline(config, load_task(config), state.get("ema", state["params"]))
-
-
-def _key_value(text: str) -> tuple[str, str]:
-  key, eq, value = text.partition("=")
-  if not eq or not key:
-    raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. model.lora_rank=16)")
-  return key, value
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -156,9 +149,11 @@ def main(argv: list[str] | None = None) -> str:
   p.add_argument("--prompts-per-style", dest="prompts_per_style", type=int, default=20)
   p.add_argument("--samples", type=int, default=4)
   p.add_argument("--dpo-prompts", dest="dpo_prompts", type=int, default=None)
-  p.add_argument("--set", dest="config_set", action="append", default=[], metavar="KEY=VALUE", type=_key_value,
+  p.add_argument("--set", dest="config_set", action="append", default=[], metavar="KEY=VALUE",
+                 type=config_lib.key_value,
                  help="override configs/stylear.py's KEY for every variant, e.g. model.lora_rank=16 (repeatable)")
-  p.add_argument("--dpo-set", dest="dpo_set", action="append", default=[], metavar="KEY=VALUE", type=_key_value,
+  p.add_argument("--dpo-set", dest="dpo_set", action="append", default=[], metavar="KEY=VALUE",
+                 type=config_lib.key_value,
                  help="override configs/stylear.py:dpo's dpo.KEY for pairs and training, e.g. "
                       "score_weights.style=0.25 or sft_weight=1 (repeatable)")
   p.add_argument("--seed", type=int, default=0)
@@ -204,7 +199,6 @@ def main(argv: list[str] | None = None) -> str:
       results[name] = stylear.evaluate(pipes[name], scorers, **eval_kw, **eval_overrides)
       print(f"{name}: " + ", ".join(f"{k} {_fmt(results[name].get(k))}" for k in METRICS), flush=True)
   if DPO in wanted:
-    from stylejax import config as config_lib
     recipe, pairs = os.path.join(args.out, "stylear"), os.path.join(args.out, "dpo_pairs.npz")
     dpo_spec = "configs/stylear.py:dpo" + (",runlocal" if args.runlocal else "")
     dpo_set = {f"dpo.{k}": v for k, v in args.dpo_set}

@@ -25,6 +25,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from stylejax import config as config_lib  # noqa: E402  (light: ml_collections only)
 
 
 def fmt(m) -> str:
@@ -46,6 +47,9 @@ def main() -> None:
   ap.add_argument("--lambda_a", default="0,1,2,4")
   ap.add_argument("--lambda_b", default="0,1,3,5")
   ap.add_argument("--selection", default="clip", help="round-2 feedback: clip or scorer")
+  ap.add_argument("--set", dest="config_set", action="append", default=[], metavar="KEY=VALUE",
+                  type=config_lib.key_value, help="override the StyleDrop config's KEY for every style, e.g. "
+                  "styledrop.candidates_per_prompt=16 (repeatable)")
   ap.add_argument("--no-lora", dest="lora", action="store_false", help="skip the LoRA round-1 row")
   ap.add_argument("--out", default="/tmp/styledrop_eval")
   ap.add_argument("--md", default=os.path.join(ROOT, "launch", "STYLEDROP_EVAL.md"))
@@ -71,7 +75,7 @@ def main() -> None:
               seed=k, ceiling_style=style, tokenizer=base.tokenizer)
     workdir = os.path.join(args.out, f"style{k}")
     sd = sd_lib.tune(args.base, reference, style.descriptor, content.caption, rounds=2, selection=args.selection,
-                     workdir=workdir, config=args.config)
+                     workdir=workdir, config=args.config, **dict(args.config_set))
     r1 = sd_lib.load(workdir, 1)
     rows = {"base": lambda p, n, s: base.generate(p, n, s), "round1": r1.generate, "round2": sd.generate}
     tuned = {"adapters": sd}
@@ -137,7 +141,8 @@ def write_md(results: dict, md: str) -> None:
            "style_fidelity_token_ceiling"]
   lines = ["# StyleDrop on ShapeStyle held-out styles (measured)", "",
            f"`python launch/styledrop_eval.py --styles {a['styles']} --prompts {a['prompts']} --samples "
-           f"{a['samples']}{' --selection ' + a['selection'] if a.get('selection', 'clip') != 'clip' else ''}` "
+           f"{a['samples']}{' --selection ' + a['selection'] if a.get('selection', 'clip') != 'clip' else ''}"
+           + "".join(f" --set {k}={v}" for k, v in a.get("config_set", [])) + "` "
            f"(config `{a['config']}`, base `{a['base']}`, round-2 feedback `{a.get('selection', 'clip')}`): "
            f"{a['styles']} held-out styles × {a['prompts']} content prompts × {a['samples']} samples per row, "
            f"pooled; mean [95% CI]. Wall time {results['seconds'] / 60:.1f} min on a 2-core CPU.", "",

@@ -77,6 +77,15 @@ def apply_override(config: ml_collections.ConfigDict, key: str, value: str) -> N
   node[leaf] = parse_value(value, node[leaf], key)
 
 
+def key_value(text: str) -> tuple[str, str]:
+  """argparse type of a repeatable `--set KEY=VALUE` flag: ("a.b", "v") for "a.b=v"."""
+  import argparse
+  key, eq, value = text.partition("=")
+  if not eq or not key:
+    raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. optimizer.lr=1e-3)")
+  return key, value
+
+
 def parse_value(value: str, current, key: str):
   """Parses an override string into the type of the current value."""
   if isinstance(current, bool):

@@ -178,6 +178,27 @@ def test_token_ceiling_scores_the_renders_after_the_tokenizer(scorers):
   assert "style_fidelity_token_ceiling" not in styledrop.evaluate(gen, reference, style.descriptor, **kw)[2]
 
 
+def test_tune_overrides_are_typed_by_the_config(tmp_path, monkeypatch):
+  # launch/styledrop_eval.py --set passes strings, notebooks pass values; both land typed, unknown keys refused.
+  seen = {}
+
+  class Stop(Exception):
+    pass
+
+  def fake_run(config, workdir, **kw):
+    seen["config"] = config
+    raise Stop
+
+  monkeypatch.setattr(styledrop, "run", fake_run)
+  with pytest.raises(Stop):
+    styledrop.tune("unused", None, "ink", workdir=str(tmp_path), config=RUNLOCAL,
+                   **{"styledrop.candidates_per_prompt": "16", "optimizer.lr": 2e-3, "styledrop.style_filter": "false"})
+  s = seen["config"]
+  assert (s.styledrop.candidates_per_prompt, s.optimizer.lr, s.styledrop.style_filter) == (16, 2e-3, False)
+  with pytest.raises(config_lib.ConfigError, match="styledrop.candidates"):
+    styledrop.tune("unused", None, "ink", workdir=str(tmp_path), config=RUNLOCAL, **{"styledrop.candidates": "3"})
+
+
 def test_resume_skips_finished_rounds(clip_run, base):
   workdir = clip_run[0]
   stamp = os.path.getmtime(os.path.join(workdir, "round2", "adapters.safetensors"))

@@ -391,7 +391,7 @@ def tune(base: str, image: Any, descriptor: str, content: str = "", rounds: int 
          **overrides: Any) -> StyleDrop:
   """Notebook entry: tunes a style on `base` ("shapestyle:base" or a Muse workdir) from one image
   (uint8/float [S, S, 3] array, a PIL image, a file path, or None for the bundled reference). Returns the final round.
-  `overrides`: dotted config keys, e.g. {"optimizer.lr": 1e-3}."""
+  `overrides`: dotted config keys, e.g. {"optimizer.lr": 1e-3} or {"styledrop.candidates_per_prompt": "16"}."""
   import tempfile
   from stylejax import config as config_lib
   from stylejax.eval.report import save_png
@@ -410,12 +410,8 @@ def tune(base: str, image: Any, descriptor: str, content: str = "", rounds: int 
                      rounds=int(rounds), selection=selection, selection_file=selection_file)
   if steps is not None:
     c.styledrop.steps = [int(steps)] * int(rounds) if isinstance(steps, int) else [int(x) for x in steps]
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  for key, value in overrides.items():  # typed by the field; a non-string value goes through its repr
+    config_lib.apply_override(c, key, value if isinstance(value, str) else repr(value))
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config_lib.to_json(c))
   result = run(c, workdir, scorers=scorers, progress=progress)
