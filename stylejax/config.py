@@ -5,6 +5,7 @@ typo in an override is an error rather than a silently new key.
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib.util
 import json
@@ -79,7 +80,6 @@ def apply_override(config: ml_collections.ConfigDict, key: str, value: str) -> N
 
 def key_value(text: str) -> tuple[str, str]:
   """argparse type of a repeatable `--set KEY=VALUE` flag: ("a.b", "v") for "a.b=v"."""
-  import argparse
   key, eq, value = text.partition("=")
   if not eq or not key:
     raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. optimizer.lr=1e-3)")

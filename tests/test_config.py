@@ -48,3 +48,11 @@ def test_json_roundtrip():
   cfg = config_lib.load_config("configs/toy.py:runlocal")
   again = config_lib.from_json(config_lib.to_json(cfg))
   assert again.to_dict() == cfg.to_dict()
+
+
+def test_key_value_flag_splits_at_the_first_equals():
+  import argparse
+  assert config_lib.key_value("styledrop.descriptor=a=b") == ("styledrop.descriptor", "a=b")
+  for bad in ("x", "=3"):
+    with pytest.raises(argparse.ArgumentTypeError, match="not KEY=VALUE"):
+      config_lib.key_value(bad)
