@@ -12,6 +12,8 @@ import json
 import os
 import sys
 
+from typing import Any
+
 import ml_collections
 
 
@@ -63,8 +65,9 @@ def load_config(spec: str, overrides: dict[str, str] | None = None) -> ml_collec
   return config
 
 
-def apply_override(config: ml_collections.ConfigDict, key: str, value: str) -> None:
-  """Sets `config.<key>` from a string, typed by the existing field. Unknown keys raise ConfigError."""
+def apply_override(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+  """Sets `config.<key>` from a string (CLI) or a Python value (notebooks), typed by the existing field.
+  Unknown keys raise ConfigError."""
   node = config
   parts = key.split(".")
   for i, part in enumerate(parts[:-1]):
@@ -86,8 +89,11 @@ def key_value(text: str) -> tuple[str, str]:
   return key, value
 
 
-def parse_value(value: str, current, key: str):
-  """Parses an override string into the type of the current value."""
+def parse_value(value: Any, current, key: str):
+  """Parses an override string into the type of the current value; a non-string value is only type-checked."""
+  if not isinstance(value, str):
+    value = value.item() if hasattr(value, "item") else value  # numpy scalars
+    return value if current is None else _as_type(value, current, key)
   if isinstance(current, bool):
     if value.lower() in ("true", "1", "yes"):
       return True
@@ -100,12 +106,17 @@ def parse_value(value: str, current, key: str):
     parsed = ast.literal_eval(value)
   except (ValueError, SyntaxError):
     raise ConfigError(f"--config.{key}={value!r} is not a valid {type(current).__name__}.") from None
-  if isinstance(current, float) and isinstance(parsed, int):
+  return _as_type(parsed, current, key)
+
+
+def _as_type(parsed: Any, current, key: str):
+  """`parsed` as the type of `current` (an int for a float field, a list for a tuple one), else ConfigError."""
+  if isinstance(current, float) and isinstance(parsed, int) and not isinstance(parsed, bool):
     parsed = float(parsed)
   if isinstance(current, (list, tuple)) and isinstance(parsed, (list, tuple)):
     return type(current)(parsed)
   if type(parsed) is not type(current):
-    raise ConfigError(f"--config.{key}={value!r} must be a {type(current).__name__}.")
+    raise ConfigError(f"--config.{key}={parsed!r} must be a {type(current).__name__}.")
   return parsed
 
 

@@ -1,6 +1,7 @@
 """Config strings, typed overrides, locking and clear errors."""
 import os
 
+import ml_collections
 import pytest
 
 from configs import common
@@ -56,3 +57,14 @@ def test_key_value_flag_splits_at_the_first_equals():
   for bad in ("x", "=3"):
     with pytest.raises(argparse.ArgumentTypeError, match="not KEY=VALUE"):
       config_lib.key_value(bad)
+
+
+def test_apply_override_takes_python_values_typed_by_the_field():
+  import numpy as np
+  c = ml_collections.ConfigDict(dict(lr=1e-3, steps=10, flag=False, name="a", widths=(1, 2)))
+  for key, value in (("lr", np.float32(0.5)), ("steps", 3), ("flag", True), ("widths", [3, 4])):
+    config_lib.apply_override(c, key, value)
+  assert (c.lr, c.steps, c.flag, c.widths) == (0.5, 3, True, (3, 4)) and type(c.lr) is float
+  for key, value in (("steps", 1.5), ("flag", 1), ("name", 3)):
+    with pytest.raises(config_lib.ConfigError, match=f"{key}"):
+      config_lib.apply_override(c, key, value)

@@ -410,8 +410,8 @@ def tune(base: str, image: Any, descriptor: str, content: str = "", rounds: int 
                      rounds=int(rounds), selection=selection, selection_file=selection_file)
   if steps is not None:
     c.styledrop.steps = [int(steps)] * int(rounds) if isinstance(steps, int) else [int(x) for x in steps]
-  for key, value in overrides.items():  # typed by the field; a non-string value goes through its repr
-    config_lib.apply_override(c, key, value if isinstance(value, str) else repr(value))
+  for key, value in overrides.items():
+    config_lib.apply_override(c, key, value)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config_lib.to_json(c))
   result = run(c, workdir, scorers=scorers, progress=progress)

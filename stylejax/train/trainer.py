@@ -117,10 +117,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax
       bad_step = int(jax.device_get(first_bad))
       if bad_step:
         clip = config.optimizer.get("grad_clip_norm", 0.0)
-        fix = "lower the learning rate" + (f" (grad clipping at {clip} is on)" if clip else " or enable grad clipping")
+        fix = f"Lower the learning rate (grad clipping at {clip} is on)" if clip else \
+            "Lower the learning rate or enable grad clipping"
         raise TrainError(f"non-finite loss or gradients at step {bad_step} (skipped, then stopped without saving). "
                          f"Last good checkpoint: step {last_saved} in {checkpointer.directory}. "
-                         f"{fix[0].upper() + fix[1:]}, then rerun to resume.")
+                         f"{fix}, then rerun to resume.")
       checkpointer.save(step, state, data.get_state(), force=force)
       last_saved = step
 
