@@ -52,6 +52,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         pairs="",  # .npz from stylejax.methods.stylear.build_dpo_pairs
         beta=0.1, label_smoothing=0.0,
         sft_weight=0.0,  # RPO: + weight * per-token NLL of the chosen images (stylejax.train.dpo)
+        # 0: log-probs of the conditional stream (the paper's DPO); s > 0: of the CFG-guided distribution
+        # uncond + s (cond - uncond) the pairs were sampled from (sample.cfg_scale; README, StyleAR)
+        logp_cfg_scale=0.0,
         # pair construction (build_dpo_pairs): K samples per (prompt, reference), best vs worst by
         # text * [all heads right] + style * cosine - leakage * [reference shape shows]
         num_prompts=256, samples_per_prompt=4,

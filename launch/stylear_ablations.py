@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> str:
     info = stylear.build_dpo_pairs(pipes["stylear"], scorers, pairs, num_prompts=args.dpo_prompts or d.num_prompts,
                                    samples_per_prompt=d.samples_per_prompt, seed=args.seed,
                                    weights=d.score_weights.to_dict(), batch_size=eval_kw["batch_size"],
-                                   min_gap=float(d.min_gap))
+                                   min_gap=float(d.min_gap), logp_cfg_scale=float(d.logp_cfg_scale))
     print(f"DPO pairs: {info}", flush=True)
     overrides = {**dict(args.config_set), "init_from.workdir": recipe, "dpo.pairs": pairs, **dpo_set}
     if args.dpo_steps:

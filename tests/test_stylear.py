@@ -140,6 +140,23 @@ def test_dpo_loss_starts_at_log2_and_decreases_on_a_hand_case():
   assert float(final) < first - 0.1 and float(aux["reward_accuracy"]) == 1.0
 
 
+def test_guided_sequence_logprobs_score_the_cfg_combination():
+  task = load_task(load("configs/stylear.py:dpo,runlocal"))
+  params = random_task_params(task, std=0.2)
+  b, s = 3, 2.5
+  cond = _cond(task, b, 4)
+  ids = jnp.asarray(np.random.default_rng(5).integers(0, task.codebook_size, (b, task.seq_len)), jnp.int32)
+  style = task.style_tokens(params, cond["style_feats"])
+  c = task.image_logits(params, cond, ids, style, jnp.zeros((b,), bool))
+  u = task.image_logits(params, cond, ids, style, jnp.ones((b,), bool))
+  logp = jax.nn.log_softmax(u + s * (c - u), axis=-1)
+  hand = jnp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0].sum(-1)
+  np.testing.assert_allclose(task.sequence_logprobs(params, cond, ids, s), hand, rtol=1e-5)
+  plain = task.sequence_logprobs(params, cond, ids)
+  np.testing.assert_allclose(task.sequence_logprobs(params, cond, ids, 1.0), plain, rtol=1e-5)  # s = 1: cond
+  assert np.abs(np.asarray(hand - plain)).max() > 1e-3  # the unconditional stream matters here
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("stylear"))
@@ -200,6 +217,16 @@ def test_generate_evaluate_and_dpo_pairs(run, tmp_path):
   assert {"struct_ids", "chosen_ids", "rejected_ids", "ref_chosen_logp", "style_feats", "text_emb"} <= set(batch)
   # the stored reference log-probs are this run's: the DPO loss at its params is log 2
   loss, _ = jax.jit(task.loss)(pipe.params, batch, jax.random.key(0))
+  np.testing.assert_allclose(float(loss), np.log(2.0), atol=1e-4)
+
+  guided = str(tmp_path / "guided.npz")
+  stylear.build_dpo_pairs(pipe, scorers, guided, num_prompts=2, samples_per_prompt=2, batch_size=4, logp_cfg_scale=3.0)
+  with pytest.raises(ValueError, match="logp_cfg_scale=0 .* at 3"):
+    load_task(load("configs/stylear.py:dpo,runlocal,structure", **{"dpo.pairs": guided})).source()
+  task = load_task(load("configs/stylear.py:dpo,runlocal,structure", **{"dpo.pairs": guided, "dpo.logp_cfg_scale": 3.0}))
+  source = task.source()
+  batch = task.prepare_batch({k: np.stack([source[i][k] for i in range(len(source))]) for k in source[0]})
+  loss, _ = jax.jit(task.loss)(pipe.params, batch, jax.random.key(0))  # guided reference log-probs match too
   np.testing.assert_allclose(float(loss), np.log(2.0), atol=1e-4)
 
 

@@ -19,7 +19,9 @@ Recipe (configs/stylear.py):
   * DPO post-training (`StyleARDPOTask`, configs/stylear.py:dpo): `build_dpo_pairs` samples K images per
     (prompt, style reference) from a StyleAR workdir, ranks them with the ShapeStyle scorers (text
     fidelity + style similarity - content leakage), keeps (best, worst) pairs, and stores the frozen
-    reference model's sequence log-probs with them; the loss is DPO on the image ids' log-probs.
+    reference model's sequence log-probs with them; the loss is DPO on the image ids' log-probs
+    (conditional, as the paper; or, `dpo.logp_cfg_scale` s > 0, under the CFG-guided distribution the
+    samples were drawn from).
 
 Public API for the CLI: `generate(workdir, prompts, style_image, num, seed, **overrides)` and
 `evaluate(workdir, scorers, num_styles, prompts_per_style, samples, seed)` (StyleAR's N styles x
@@ -27,6 +29,7 @@ M prompts x K samples on held-out styles, prompts whose shape differs from the r
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Sequence
 
@@ -38,6 +41,7 @@ import numpy as np
 from stylejax.data import shapestyle as ss
 from stylejax.eval import metrics as M
 from stylejax.models.ar_t2i import ARImagePipeline, ARImageTask, PipelineError
+from stylejax.sample import autoregressive as ar_sample
 from stylejax.train import dpo
 
 # Fresh random training styles (the held-out family) come from this seed stream; eval held-out
@@ -142,12 +146,20 @@ class StyleARTask(ARImageTask):
     return StyleARPairs(self.text_encoder.tokenize, split, d.image_size, d.get("seed", 0), d.num_examples,
                         d.get("mix", "1:3"), d.get("random_style_fraction", 0.5), self.structure)
 
-  def sequence_logprobs(self, params: Any, cond: dict[str, Any], ids: jax.Array) -> jax.Array:
+  def sequence_logprobs(self, params: Any, cond: dict[str, Any], ids: jax.Array, cfg_scale: float = 0.0
+                        ) -> jax.Array:
     """Sum of log p(ids | cond) over the image positions, [B]; style tokens without noise (the
     deterministic path both DPO's policy and its reference use). cond: text_emb, text_mask,
-    style_feats[, struct_ids]."""
+    style_feats[, struct_ids]. cfg_scale s > 0 scores the guided distribution the sampler draws from,
+    softmax(uncond + s (cond - uncond)), with both streams in one batched forward; 0 the conditional one."""
     style = self.style_tokens(params, cond["style_feats"])
-    return dpo.sequence_logprobs(self.image_logits(params, cond, ids, style), ids)
+    if not cfg_scale:
+      return dpo.sequence_logprobs(self.image_logits(params, cond, ids, style), ids)
+    b = ids.shape[0]
+    two = lambda x: jnp.concatenate([x, x], axis=0)
+    logits = self.image_logits(params, {k: two(v) for k, v in cond.items()}, two(ids), two(style),
+                               jnp.arange(2 * b) >= b)
+    return dpo.sequence_logprobs(ar_sample.cfg_combine(logits[:b], logits[b:], cfg_scale), ids)
 
 
 class DPOPairs:
@@ -164,6 +176,7 @@ class DPOPairs:
       raise ValueError(f"dpo.pairs={path!r} does not exist; build it with stylear.build_dpo_pairs.")
     with np.load(path) as f:
       self.arrays = {k: f[k] for k in self.FIELDS if k in f}
+      self.logp_cfg_scale = float(f["logp_cfg_scale"]) if "logp_cfg_scale" in f else 0.0
     if len(self.arrays["chosen_ids"]) == 0:
       raise ValueError(f"{path} holds no preference pairs (all samples tied); sample more per prompt.")
 
@@ -177,24 +190,36 @@ class DPOPairs:
 class StyleARDPOTask(StyleARTask):
   """DPO post-training of a StyleAR run (Rafailov et al. 2023; `stylejax.train.dpo`).
 
-  config.dpo: pairs (the .npz from `build_dpo_pairs`), beta, label_smoothing, sft_weight. The reference
+  config.dpo: pairs (the .npz from `build_dpo_pairs`), beta, label_smoothing, sft_weight, logp_cfg_scale
+  (0: conditional log-probs; s > 0: log-probs of the guided distribution at CFG s). The reference
   model is the StyleAR run the pairs were sampled from; its sequence log-probs are computed once
   with the pairs (frozen, exact: the same deterministic forward as the policy's), so a step runs
   one forward of the policy over the stacked [chosen; rejected] rows. init_from.workdir should be
   that same run, so the loss starts at log 2.
   """
 
+  @property
+  def logp_cfg_scale(self) -> float:
+    return float(self.config.dpo.get("logp_cfg_scale", 0.0))
+
   def source(self, split: str = "train"):
-    return DPOPairs(self.config.dpo.pairs)
+    pairs = DPOPairs(self.config.dpo.pairs)
+    if pairs.logp_cfg_scale != self.logp_cfg_scale:
+      raise ValueError(f"dpo.logp_cfg_scale={self.logp_cfg_scale:g} but {self.config.dpo.pairs} holds reference "
+                       f"log-probs at {pairs.logp_cfg_scale:g}; set dpo.logp_cfg_scale={pairs.logp_cfg_scale:g} "
+                       "or rebuild the pairs with build_dpo_pairs(..., logp_cfg_scale=...).")
+    return pairs
 
   def flops_per_example(self) -> float:
-    return 2.0 * super().flops_per_example()  # chosen and rejected sequences
+    streams = 2.0 if self.logp_cfg_scale else 1.0  # conditional (+ unconditional) forward
+    return 2.0 * streams * super().flops_per_example()  # chosen and rejected sequences
 
   def loss(self, params, batch, rng):
     b = batch["chosen_ids"].shape[0]
     two = lambda x: jnp.concatenate([x, x], axis=0)
     cond = {k: two(batch[k]) for k in ("text_emb", "text_mask", "style_feats", "struct_ids") if k in batch}
-    logps = self.sequence_logprobs(params, cond, jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], 0))
+    logps = self.sequence_logprobs(params, cond, jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], 0),
+                                   self.logp_cfg_scale)
     d = self.config.dpo
     return dpo.dpo_loss(logps[:b], logps[b:], batch["ref_chosen_logp"], batch["ref_rejected_logp"],
                         float(d.beta), float(d.get("label_smoothing", 0.0)),
@@ -322,12 +347,14 @@ def preference_score(scores: dict[str, np.ndarray], weights: dict[str, float] | 
 
 def build_dpo_pairs(workdir: str | ARImagePipeline, scorers: Any, out_path: str, num_prompts: int = 256,
                     samples_per_prompt: int = 4, seed: int = 0, weights: dict[str, float] | None = None,
-                    batch_size: int = 32, min_gap: float = 0.0, **overrides: Any) -> dict[str, Any]:
+                    batch_size: int = 32, min_gap: float = 0.0, logp_cfg_scale: float = 0.0,
+                    **overrides: Any) -> dict[str, Any]:
   """Samples `samples_per_prompt` images for each of `num_prompts` (prompt, style reference) pairs
   from a StyleAR run, ranks them by `preference_score`, keeps (best, worst) per prompt whose scores
   differ by more than `min_gap` (`dpo.preference_pairs`), and writes the pairs plus the run's (the
   frozen reference's) sequence log-probs to `out_path` (.npz) for `StyleARDPOTask`. References use
   training-family styles (named, or fresh random ones from a stream disjoint from eval and training).
+  logp_cfg_scale: which log-probs (`StyleARTask.sequence_logprobs`; the DPO config's must match).
   Returns a summary.
   """
   if not out_path.endswith(".npz"):
@@ -370,7 +397,7 @@ def build_dpo_pairs(workdir: str | ARImagePipeline, scorers: Any, out_path: str,
     from stylejax.models.ar_t2i import mask_to_image
     arrays["struct_ids"] = task.image_tokenizer.encode(mask_to_image(structure[chosen] > 0.5))
   ref_c, ref_r = [], []
-  logps = jax.jit(task.sequence_logprobs)
+  logps = jax.jit(functools.partial(task.sequence_logprobs, cfg_scale=float(logp_cfg_scale)))
   for start in range(0, len(prompt), batch_size):
     part = task.prepare_batch({key: v[start:start + batch_size] for key, v in arrays.items()})
     cond = {key: part[key] for key in ("text_emb", "text_mask", "style_feats", "struct_ids") if key in part}
@@ -379,7 +406,7 @@ def build_dpo_pairs(workdir: str | ARImagePipeline, scorers: Any, out_path: str,
   arrays["ref_chosen_logp"] = np.concatenate(ref_c) if ref_c else np.zeros((0,), np.float32)
   arrays["ref_rejected_logp"] = np.concatenate(ref_r) if ref_r else np.zeros((0,), np.float32)
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-  np.savez(out_path, **arrays, scores=scores)
+  np.savez(out_path, **arrays, scores=scores, logp_cfg_scale=np.float32(logp_cfg_scale))
   gap = scores.max(1) - scores.min(1)
   return {"path": out_path, "pairs": int(len(prompt)), "prompts": num_prompts, "mean_score": float(scores.mean()),
           "mean_gap": float(gap.mean())}
