@@ -51,10 +51,12 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.dpo = ml_collections.ConfigDict(dict(
         pairs="",  # .npz from stylejax.methods.stylear.build_dpo_pairs
         beta=0.1, label_smoothing=0.0,
-        sft_weight=0.0,  # RPO: + weight * per-token NLL of the chosen images (stylejax.train.dpo)
-        # 0: log-probs of the conditional stream (the paper's DPO); s > 0: of the CFG-guided distribution
-        # uncond + s (cond - uncond) the pairs were sampled from (sample.cfg_scale; README, StyleAR)
-        logp_cfg_scale=0.0,
+        # Log-probs of the CFG-guided distribution uncond + s (cond - uncond) the pairs were sampled from
+        # (s = sample.cfg_scale), not of the conditional stream alone (0: the paper's plain DPO), plus the
+        # RPO term (+ weight * per-token NLL of the chosen images, stylejax.train.dpo). Same 256 pairs,
+        # n = 192 (launch/STYLEAR_ABLATIONS.md): text_fidelity plain 0.135, plain + RPO 0.167, guided
+        # 0.214, guided + RPO 0.229, where the StyleAR run they start from scores 0.208.
+        logp_cfg_scale=4.0, sft_weight=1.0,
         # pair construction (build_dpo_pairs): K samples per (prompt, reference), best vs worst by
         # text * [all heads right] + style * cosine - leakage * [reference shape shows]
         num_prompts=256, samples_per_prompt=4,

@@ -1,5 +1,6 @@
 """StyleAR recipe: only LoRA + resampler train, style-token noise and content subtraction, the
 structure prefix, the data mix, DPO wiring, and generate / evaluate / DPO pairs on a runlocal run."""
+import functools
 import json
 import os
 
@@ -110,13 +111,14 @@ def test_training_mix_of_stylized_and_original_pairs():
 
 
 def test_dpo_loss_starts_at_log2_and_decreases_on_a_hand_case():
-  task = load_task(load("configs/stylear.py:dpo,runlocal"))
+  task = load_task(load("configs/stylear.py:dpo,runlocal", **{"dpo.sft_weight": 0.0}))  # DPO alone
   params = random_task_params(task, std=0.05)
   rng = np.random.default_rng(3)
   b = 4
   batch = {**_cond(task, b, 1), "chosen_ids": jnp.asarray(rng.integers(0, task.codebook_size, (b, task.seq_len))),
            "rejected_ids": jnp.asarray(rng.integers(0, task.codebook_size, (b, task.seq_len)))}
-  logps = jax.jit(task.sequence_logprobs)
+  assert task.logp_cfg_scale == 4.0  # the default scores the guided distribution
+  logps = jax.jit(functools.partial(task.sequence_logprobs, cfg_scale=task.logp_cfg_scale))
   ref_c, ref_r = logps(params, batch, batch["chosen_ids"]), logps(params, batch, batch["rejected_ids"])
   batch.update(ref_chosen_logp=ref_c, ref_rejected_logp=ref_r)
   mask = optim.trainable_mask(params, task.config.optimizer)
@@ -215,19 +217,19 @@ def test_generate_evaluate_and_dpo_pairs(run, tmp_path):
   source = task.source()
   batch = task.prepare_batch({k: np.stack([source[i][k] for i in range(len(source))]) for k in source[0]})
   assert {"struct_ids", "chosen_ids", "rejected_ids", "ref_chosen_logp", "style_feats", "text_emb"} <= set(batch)
-  # the stored reference log-probs are this run's: the DPO loss at its params is log 2
-  loss, _ = jax.jit(task.loss)(pipe.params, batch, jax.random.key(0))
-  np.testing.assert_allclose(float(loss), np.log(2.0), atol=1e-4)
+  # the stored reference log-probs are this run's (guided, the default): the DPO term at its params is log 2
+  loss, aux = jax.jit(task.loss)(pipe.params, batch, jax.random.key(0))
+  np.testing.assert_allclose(float(loss) - task.config.dpo.sft_weight * float(aux["chosen_nll"]), np.log(2.0), atol=1e-4)
 
-  guided = str(tmp_path / "guided.npz")
-  stylear.build_dpo_pairs(pipe, scorers, guided, num_prompts=2, samples_per_prompt=2, batch_size=4, logp_cfg_scale=3.0)
-  with pytest.raises(ValueError, match="logp_cfg_scale=0 .* at 3"):
-    load_task(load("configs/stylear.py:dpo,runlocal,structure", **{"dpo.pairs": guided})).source()
-  task = load_task(load("configs/stylear.py:dpo,runlocal,structure", **{"dpo.pairs": guided, "dpo.logp_cfg_scale": 3.0}))
+  plain = str(tmp_path / "plain.npz")  # the paper's DPO: conditional-stream log-probs
+  stylear.build_dpo_pairs(pipe, scorers, plain, num_prompts=2, samples_per_prompt=2, batch_size=4, logp_cfg_scale=0.0)
+  with pytest.raises(ValueError, match="logp_cfg_scale=4 .* at 0"):
+    load_task(load("configs/stylear.py:dpo,runlocal,structure", **{"dpo.pairs": plain})).source()
+  task = load_task(load("configs/stylear.py:dpo,runlocal,structure", **{"dpo.pairs": plain, "dpo.logp_cfg_scale": 0.0}))
   source = task.source()
   batch = task.prepare_batch({k: np.stack([source[i][k] for i in range(len(source))]) for k in source[0]})
-  loss, _ = jax.jit(task.loss)(pipe.params, batch, jax.random.key(0))  # guided reference log-probs match too
-  np.testing.assert_allclose(float(loss), np.log(2.0), atol=1e-4)
+  loss, aux = jax.jit(task.loss)(pipe.params, batch, jax.random.key(0))
+  np.testing.assert_allclose(float(loss) - task.config.dpo.sft_weight * float(aux["chosen_nll"]), np.log(2.0), atol=1e-4)
 
 
 def test_ablation_script_passes_config_and_dpo_overrides_to_both_runs(tmp_path, capsys):

@@ -347,14 +347,15 @@ def preference_score(scores: dict[str, np.ndarray], weights: dict[str, float] | 
 
 def build_dpo_pairs(workdir: str | ARImagePipeline, scorers: Any, out_path: str, num_prompts: int = 256,
                     samples_per_prompt: int = 4, seed: int = 0, weights: dict[str, float] | None = None,
-                    batch_size: int = 32, min_gap: float = 0.0, logp_cfg_scale: float = 0.0,
+                    batch_size: int = 32, min_gap: float = 0.0, logp_cfg_scale: float | None = None,
                     **overrides: Any) -> dict[str, Any]:
   """Samples `samples_per_prompt` images for each of `num_prompts` (prompt, style reference) pairs
   from a StyleAR run, ranks them by `preference_score`, keeps (best, worst) per prompt whose scores
   differ by more than `min_gap` (`dpo.preference_pairs`), and writes the pairs plus the run's (the
   frozen reference's) sequence log-probs to `out_path` (.npz) for `StyleARDPOTask`. References use
   training-family styles (named, or fresh random ones from a stream disjoint from eval and training).
-  logp_cfg_scale: which log-probs (`StyleARTask.sequence_logprobs`; the DPO config's must match).
+  logp_cfg_scale: which log-probs the reference gets (`StyleARTask.sequence_logprobs`; the DPO config's
+  must match); None: the CFG scale the pairs are sampled at (the guided distribution they come from).
   Returns a summary.
   """
   if not out_path.endswith(".npz"):
@@ -366,6 +367,8 @@ def build_dpo_pairs(workdir: str | ARImagePipeline, scorers: Any, out_path: str,
   if num_prompts < 1 or samples_per_prompt < 2:
     raise ValueError(f"need num_prompts >= 1 and samples_per_prompt >= 2; got {num_prompts}, {samples_per_prompt}.")
   size, k = pipe.image_size, samples_per_prompt
+  if logp_cfg_scale is None:
+    logp_cfg_scale = float(pipe.settings(**overrides)[0].cfg_scale)
   rng = np.random.default_rng([seed, 0xD90])
   refs, ref_shapes, contents = [], [], []
   for n in range(num_prompts):
