@@ -19,9 +19,9 @@ Recipe (configs/stylear.py):
   * DPO post-training (`StyleARDPOTask`, configs/stylear.py:dpo): `build_dpo_pairs` samples K images per
     (prompt, style reference) from a StyleAR workdir, ranks them with the ShapeStyle scorers (text
     fidelity + style similarity - content leakage), keeps (best, worst) pairs, and stores the frozen
-    reference model's sequence log-probs with them; the loss is DPO on the image ids' log-probs
-    (conditional, as the paper; or, `dpo.logp_cfg_scale` s > 0, under the CFG-guided distribution the
-    samples were drawn from).
+    reference model's sequence log-probs with them; the loss is DPO on the image ids' log-probs under
+    the CFG-guided distribution the samples were drawn from (`dpo.logp_cfg_scale`; 0: the conditional
+    stream's, the paper's DPO) plus an optional RPO term.
 
 Public API for the CLI: `generate(workdir, prompts, style_image, num, seed, **overrides)` and
 `evaluate(workdir, scorers, num_styles, prompts_per_style, samples, seed)` (StyleAR's N styles x
@@ -194,8 +194,8 @@ class StyleARDPOTask(StyleARTask):
   (0: conditional log-probs; s > 0: log-probs of the guided distribution at CFG s). The reference
   model is the StyleAR run the pairs were sampled from; its sequence log-probs are computed once
   with the pairs (frozen, exact: the same deterministic forward as the policy's), so a step runs
-  one forward of the policy over the stacked [chosen; rejected] rows. init_from.workdir should be
-  that same run, so the loss starts at log 2.
+  one forward of the policy over the stacked [chosen; rejected] rows (twice the rows when guided: the
+  unconditional stream too). init_from.workdir should be that same run, so the DPO term starts at log 2.
   """
 
   @property
