@@ -130,6 +130,11 @@ class StyleARPairs:
     return out
 
 
+def _twice(x: jax.Array) -> jax.Array:
+  """[B, ...] -> [2B, ...]: the rows stacked twice (two streams or two sequences in one forward)."""
+  return jnp.concatenate([x, x], axis=0)
+
+
 class StyleARTask(ARImageTask):
   """`ARImageTask` with style tokens, trained on `StyleARPairs` (data.name="stylear_pairs": image_size,
   seed, num_examples, mix, random_style_fraction). Freezing lives in the config's optimizer regexes."""
@@ -156,8 +161,7 @@ class StyleARTask(ARImageTask):
     if not cfg_scale:
       return dpo.sequence_logprobs(self.image_logits(params, cond, ids, style), ids)
     b = ids.shape[0]
-    two = lambda x: jnp.concatenate([x, x], axis=0)
-    logits = self.image_logits(params, {k: two(v) for k, v in cond.items()}, two(ids), two(style),
+    logits = self.image_logits(params, {k: _twice(v) for k, v in cond.items()}, _twice(ids), _twice(style),
                                jnp.arange(2 * b) >= b)
     return dpo.sequence_logprobs(ar_sample.cfg_combine(logits[:b], logits[b:], cfg_scale), ids)
 
@@ -216,8 +220,7 @@ class StyleARDPOTask(StyleARTask):
 
   def loss(self, params, batch, rng):
     b = batch["chosen_ids"].shape[0]
-    two = lambda x: jnp.concatenate([x, x], axis=0)
-    cond = {k: two(batch[k]) for k in ("text_emb", "text_mask", "style_feats", "struct_ids") if k in batch}
+    cond = {k: _twice(batch[k]) for k in ("text_emb", "text_mask", "style_feats", "struct_ids") if k in batch}
     logps = self.sequence_logprobs(params, cond, jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], 0),
                                    self.logp_cfg_scale)
     d = self.config.dpo
