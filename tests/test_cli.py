@@ -49,6 +49,18 @@ def test_bad_configs_exit_with_one_clear_line(tmp_path, args, needle):
   assert len(lines) == 1 and needle in lines[0], out.stderr
 
 
+def test_dpo_pairs_problems_exit_with_one_clear_line(tmp_path):
+  import numpy as np
+  old = str(tmp_path / "old.npz")  # a pairs file from before log-prob scales were recorded: conditional
+  np.savez(old, chosen_ids=np.zeros((2, 16), np.int32), rejected_ids=np.zeros((2, 16), np.int32))
+  for pairs, needle in ((str(tmp_path / "missing.npz"), "does not exist"), (old, "holds reference log-probs at 0")):
+    out = stylejax("train", "--config", "configs/stylear.py:dpo,runlocal", "--workdir", str(tmp_path / "w"),
+                   f"--config.dpo.pairs={pairs}")
+    lines = [l for l in out.stderr.splitlines() if l.startswith("stylejax")]
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+    assert len(lines) == 1 and needle in lines[0], out.stderr
+
+
 def test_unknown_command_and_demo_placeholder():
   out = stylejax("fly")
   assert out.returncode != 0 and "unknown command" in out.stderr and "Traceback" not in out.stderr

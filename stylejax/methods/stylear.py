@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from stylejax.config import ConfigError
 from stylejax.data import shapestyle as ss
 from stylejax.eval import metrics as M
 from stylejax.models.ar_t2i import ARImagePipeline, ARImageTask, PipelineError
@@ -174,15 +175,15 @@ class DPOPairs:
 
   def __init__(self, path: str):
     if not path:
-      raise ValueError("dpo.pairs is empty; build pairs first with stylejax.methods.stylear.build_dpo_pairs "
+      raise ConfigError("dpo.pairs is empty; build pairs first with stylejax.methods.stylear.build_dpo_pairs "
                        "(launch/stylear_ablations.py does) and pass the .npz path.")
     if not os.path.exists(path):
-      raise ValueError(f"dpo.pairs={path!r} does not exist; build it with stylear.build_dpo_pairs.")
+      raise ConfigError(f"dpo.pairs={path!r} does not exist; build it with stylear.build_dpo_pairs.")
     with np.load(path) as f:
       self.arrays = {k: f[k] for k in self.FIELDS if k in f}
       self.logp_cfg_scale = float(f["logp_cfg_scale"]) if "logp_cfg_scale" in f else 0.0
     if len(self.arrays["chosen_ids"]) == 0:
-      raise ValueError(f"{path} holds no preference pairs (all samples tied); sample more per prompt.")
+      raise ConfigError(f"{path} holds no preference pairs (all samples tied); sample more per prompt.")
 
   def __len__(self) -> int:
     return len(self.arrays["chosen_ids"])
@@ -209,7 +210,7 @@ class StyleARDPOTask(StyleARTask):
   def source(self, split: str = "train"):
     pairs = DPOPairs(self.config.dpo.pairs)
     if pairs.logp_cfg_scale != self.logp_cfg_scale:
-      raise ValueError(f"dpo.logp_cfg_scale={self.logp_cfg_scale:g} but {self.config.dpo.pairs} holds reference "
+      raise ConfigError(f"dpo.logp_cfg_scale={self.logp_cfg_scale:g} but {self.config.dpo.pairs} holds reference "
                        f"log-probs at {pairs.logp_cfg_scale:g}; set dpo.logp_cfg_scale={pairs.logp_cfg_scale:g} "
                        "or rebuild the pairs with build_dpo_pairs(..., logp_cfg_scale=...).")
     return pairs
