@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,7 +51,6 @@ def test_bad_configs_exit_with_one_clear_line(tmp_path, args, needle):
 
 
 def test_dpo_pairs_problems_exit_with_one_clear_line(tmp_path):
-  import numpy as np
   old = str(tmp_path / "old.npz")  # a pairs file from before log-prob scales were recorded: conditional
   np.savez(old, chosen_ids=np.zeros((2, 16), np.int32), rejected_ids=np.zeros((2, 16), np.int32))
   for pairs, needle in ((str(tmp_path / "missing.npz"), "does not exist"), (old, "holds reference log-probs at 0")):

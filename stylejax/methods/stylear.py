@@ -131,6 +131,9 @@ class StyleARPairs:
     return out
 
 
+COND_KEYS = ("text_emb", "text_mask", "style_feats", "struct_ids")  # a prepared batch's conditioning fields
+
+
 def _twice(x: jax.Array) -> jax.Array:
   """[B, ...] -> [2B, ...]: the rows stacked twice (two streams or two sequences in one forward)."""
   return jnp.concatenate([x, x], axis=0)
@@ -221,7 +224,7 @@ class StyleARDPOTask(StyleARTask):
 
   def loss(self, params, batch, rng):
     b = batch["chosen_ids"].shape[0]
-    cond = {k: _twice(batch[k]) for k in ("text_emb", "text_mask", "style_feats", "struct_ids") if k in batch}
+    cond = {k: _twice(batch[k]) for k in COND_KEYS if k in batch}
     logps = self.sequence_logprobs(params, cond, jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], 0),
                                    self.logp_cfg_scale)
     d = self.config.dpo
@@ -407,7 +410,7 @@ def build_dpo_pairs(workdir: str | ARImagePipeline, scorers: Any, out_path: str,
   logps = jax.jit(functools.partial(task.sequence_logprobs, cfg_scale=float(logp_cfg_scale)))
   for start in range(0, len(prompt), batch_size):
     part = task.prepare_batch({key: v[start:start + batch_size] for key, v in arrays.items()})
-    cond = {key: part[key] for key in ("text_emb", "text_mask", "style_feats", "struct_ids") if key in part}
+    cond = {key: part[key] for key in COND_KEYS if key in part}
     ref_c.append(np.asarray(logps(pipe.params, cond, jnp.asarray(part["chosen_ids"]))))
     ref_r.append(np.asarray(logps(pipe.params, cond, jnp.asarray(part["rejected_ids"]))))
   arrays["ref_chosen_logp"] = np.concatenate(ref_c) if ref_c else np.zeros((0,), np.float32)
