@@ -33,8 +33,9 @@ setup(
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     ],
     extras_require={
-        # torch pinned: 2.13.0 is the CPU build the parity tests are checked against.
-        "test": ["pytest>=8.0", "torch==2.13.0", "diffusers>=0.42"],
+        # torch pinned: 2.13.0 is the CPU build the parity tests are checked against. xdist: the README's
+        # test command runs two workers (XLA compiles on one core, so two workers overlap compile and run).
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "torch==2.13.0", "diffusers>=0.42"],
         "cuda": ["jax[cuda12]>=0.10.2"],
         "tpu": ["jax[tpu]>=0.10.2"],
     },
