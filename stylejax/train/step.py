@@ -109,7 +109,7 @@ def train_step(task: Task, tx: optax.GradientTransformation, mask: Any, config: 
   full_grads = merge_trainable(grads, jax.tree.map(jnp.zeros_like, frozen), mask)
   updates, opt_state = tx.update(full_grads, state["opt_state"], params)
   new_params = optax.apply_updates(params, updates)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   new_state = dict(state, step=state["step"] + 1, params=new_params, opt_state=opt_state)
   if "ema" in state:
@@ -118,7 +118,7 @@ def train_step(task: Task, tx: optax.GradientTransformation, mask: Any, config: 
   # A non-finite step leaves the state as it was (only the step counter is not advanced either).
   new_state = {k: v if k == "rng" else jax.tree.map(lambda n, o: jnp.where(ok, n, o), v, state[k])
                for k, v in new_state.items()}
-  metrics = {"loss": loss, "grad_norm": grad_norm, "param_norm": optax.global_norm(new_params),
+  metrics = {"loss": loss, "grad_norm": grad_norm, "param_norm": optax.tree.norm(new_params),
              "nonfinite": jnp.logical_not(ok), **aux}
   return new_state, metrics
 
