@@ -37,6 +37,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       selection_file="",          # a contact-sheet export or "c001,c007": feeds round 2 directly
       style_filter=True,          # clip mode: keep candidates with CLIP(image, reference) >= mean
       feedback_prompts=12, candidates_per_prompt=4,
+      warm_start=False,           # round k starts from round k-1's adapters (True) or fresh ones (the paper)
       scorers=ml_collections.ConfigDict(dict(content="shapestyle:content", style="shapestyle:style"))))
   # StyleDrop guidance: l(c,θs) + λA[l(c,θs) − l(c,θ0)] + λB[l(c,θ0) − l(∅,θ0)] (unofficial defaults 2, 5)
   c.sample = ml_collections.ConfigDict(dict(mode="styledrop", lambda_a=2.0, lambda_b=5.0, ramp="constant"))

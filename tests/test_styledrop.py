@@ -114,6 +114,25 @@ def test_human_selection_waits_then_uses_the_selection_file(clip_run, base, tmp_
   assert np.load(os.path.join(workdir, "data_round2.npz"))["images"].shape[0] == 3
 
 
+def test_warm_start_continues_round1_adapters(clip_run, base, tmp_path):
+  # With lr 0, round 2's adapters are exactly where it started: round 1's (warm) or the fresh zero-init W_up.
+  from safetensors.numpy import load_file
+  adapters = lambda workdir, k: load_file(os.path.join(workdir, f"round{k}", "adapters.safetensors"))
+  round1 = adapters(clip_run[0], 1)
+  assert any(np.abs(v).max() > 0 for k, v in round1.items() if "up" in k)
+  for warm in (True, False):
+    workdir = _copy_round1(clip_run[0], str(tmp_path / f"sd_{warm}"))
+    config = config_lib.load_config(os.path.join(REPO, RUNLOCAL), {"progress": "false"})
+    config.unlock()
+    config.styledrop.update(base=base, selection_file="c001,c002", warm_start=warm)
+    config.optimizer.lr = 0.0
+    assert styledrop.run(config, workdir)["status"] == "done"
+    round2 = adapters(workdir, 2)
+    assert round2.keys() == round1.keys()
+    same = all(np.array_equal(round2[k], round1[k]) for k in round1)
+    assert same == warm
+
+
 def test_scorer_selection_keeps_only_correct_content(clip_run, scorers):
   cands = styledrop.Candidates.load(os.path.join(clip_run[0], "candidates_round1", "candidates.npz"))
   ref = cands.images[0]

@@ -14,7 +14,7 @@ The recipe (REFERENCE.md §3), each step resumable:
            CLIP(image, content text) after an optional CLIP(image, reference) >= mean style filter;
            `scorer`: ShapeStyle's exact content classifier + style encoder; `human`: a contact sheet
            whose exported selection file comes back through `styledrop.selection`);
-  round 2  train fresh adapters on the reference + selected images.
+  round 2  train fresh adapters (`warm_start`: round 1's, continued) on the reference + selected images.
 Sampling uses StyleDrop guidance l(c,θs) + λA[l(c,θs) − l(c,θ0)] + λB[l(c,θ0) − l(∅,θ0)].
 
 Workdir: config.json, reference.png, round{k}/ (a `stylejax train` workdir + adapters.safetensors),
@@ -97,9 +97,11 @@ def _base_config(base: str) -> ml_collections.ConfigDict:
     return config_lib.from_json(f.read())
 
 
-def round_config(config: ml_collections.ConfigDict, data_path: str, steps: int) -> ml_collections.ConfigDict:
+def round_config(config: ml_collections.ConfigDict, data_path: str, steps: int,
+                 init_from: str = "") -> ml_collections.ConfigDict:
   """The trainer config of one round: the base's model, parts and sampling + the recipe's adapters,
-  optimizer and schedule, trained on the saved image-caption set, initialised from the base."""
+  optimizer and schedule, trained on the saved image-caption set, initialised from the base (or from
+  `init_from`, a previous round's workdir: its base params and adapters)."""
   base = _base_config(config.styledrop.base)
   if base.task != "stylejax.models.muse:MuseTask" or base.model.get("layout") == "maskgit":
     raise StyleDropError(f"base {config.styledrop.base!r} is not a text-to-image Muse run.")
@@ -109,7 +111,7 @@ def round_config(config: ml_collections.ConfigDict, data_path: str, steps: int) 
               "batch_size", "grad_accum_steps"):
     c[key] = config[key]
   c.total_steps = int(steps)
-  c.init_from = ml_collections.ConfigDict(dict(workdir=config.styledrop.base))
+  c.init_from = ml_collections.ConfigDict(dict(workdir=init_from or config.styledrop.base))
   c.data = ml_collections.ConfigDict(dict(name="image_captions", path=data_path, num_examples=steps * c.batch_size,
                                           augment=config.styledrop.augment, seed=config.seed,
                                           image_size=int(base.data.image_size)))
@@ -308,7 +310,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, scorers=None, progress:
   for k in range(1, int(s.rounds) + 1):
     data = os.path.join(workdir, f"data_round{k}.npz")
     save_image_captions(data, np.stack(images), captions)
-    rc = round_config(config, data, int(s.steps[k - 1]))
+    warm = k > 1 and s.warm_start  # continue round k-1's adapters instead of fresh ones
+    rc = round_config(config, data, int(s.steps[k - 1]), os.path.join(workdir, f"round{k - 1}") if warm else "")
     rc.progress = bool(progress and config.progress)
     summary = trainer.train(rc, os.path.join(workdir, f"round{k}"))
     if summary["status"] == "preempted":
