@@ -35,7 +35,7 @@ def fmt(m) -> str:
   return f"{m['mean']:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{m['mean']:.3f}"
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--styles", type=int, default=5)
   ap.add_argument("--prompts", type=int, default=8)
@@ -53,7 +53,11 @@ def main() -> None:
   ap.add_argument("--no-lora", dest="lora", action="store_false", help="skip the LoRA round-1 row")
   ap.add_argument("--out", default="/tmp/styledrop_eval")
   ap.add_argument("--md", default=os.path.join(ROOT, "launch", "STYLEDROP_EVAL.md"))
-  args = ap.parse_args()
+  return ap
+
+
+def main() -> None:
+  args = parser().parse_args()
 
   from stylejax.methods import styledrop as sd_lib
   from stylejax.models import scorers as scorers_lib
@@ -134,15 +138,25 @@ def progress(base: float, tuned: float, ceiling: float) -> float | None:
   return (tuned - base) / (ceiling - base) if ceiling - base > 0.05 else None
 
 
+def command_flags(a: dict) -> str:
+  """The flags of the styledrop_eval.py run whose args are `a` (those that change its rows)."""
+  flags = [f"--styles {a['styles']} --prompts {a['prompts']} --samples {a['samples']}"]
+  if a.get("selection", "clip") != "clip":
+    flags.append(f"--selection {a['selection']}")
+  if not a.get("lora", True):
+    flags.append("--no-lora")
+  flags += [f"--{k} '{a[k]}'" for k, default in (("lambda_a", "0,1,2,4"), ("lambda_b", "0,1,3,5"))
+            if a.get(k, default) != default]
+  return " ".join(flags + [f"--set {k}={v}" for k, v in a.get("config_set", [])])
+
+
 def write_md(results: dict, md: str) -> None:
   """The markdown table of a results.json (pooled rows; progress to both ceilings at round 1 and 2)."""
   a, table, per_style = results["args"], results["pooled"], results["per_style"]
   names = ["text_fidelity", "style_fidelity", "content_leakage", "clip_t", "clip_i", "style_fidelity_ceiling",
            "style_fidelity_token_ceiling"]
   lines = ["# StyleDrop on ShapeStyle held-out styles (measured)", "",
-           f"`python launch/styledrop_eval.py --styles {a['styles']} --prompts {a['prompts']} --samples "
-           f"{a['samples']}{' --selection ' + a['selection'] if a.get('selection', 'clip') != 'clip' else ''}"
-           + "".join(f" --set {k}={v}" for k, v in a.get("config_set", [])) + "` "
+           f"`python launch/styledrop_eval.py {command_flags(a)}` "
            f"(config `{a['config']}`, base `{a['base']}`, round-2 feedback `{a.get('selection', 'clip')}`): "
            f"{a['styles']} held-out styles × {a['prompts']} content prompts × {a['samples']} samples per row, "
            f"pooled; mean [95% CI]. Wall time {results['seconds'] / 60:.1f} min on a 2-core CPU.", "",
