@@ -140,13 +140,13 @@ def progress(base: float, tuned: float, ceiling: float) -> float | None:
 
 def command_flags(a: dict) -> str:
   """The flags of the styledrop_eval.py run whose args are `a` (those that change its rows)."""
+  default = parser().get_default
   flags = [f"--styles {a['styles']} --prompts {a['prompts']} --samples {a['samples']}"]
-  if a.get("selection", "clip") != "clip":
+  if a.get("selection", default("selection")) != default("selection"):
     flags.append(f"--selection {a['selection']}")
   if not a.get("lora", True):
     flags.append("--no-lora")
-  flags += [f"--{k} '{a[k]}'" for k, default in (("lambda_a", "0,1,2,4"), ("lambda_b", "0,1,3,5"))
-            if a.get(k, default) != default]
+  flags += [f"--{k} '{a[k]}'" for k in ("lambda_a", "lambda_b") if a.get(k, default(k)) != default(k)]
   return " ".join(flags + [f"--set {k}={v}" for k, v in a.get("config_set", [])])
 
 

@@ -218,10 +218,10 @@ def test_tune_overrides_are_typed_by_the_config(tmp_path, monkeypatch):
     styledrop.tune("unused", None, "ink", workdir=str(tmp_path), config=RUNLOCAL, **{"styledrop.candidates": "3"})
 
 
-def test_eval_table_names_the_command_that_made_it():
+def test_eval_table_names_the_command_that_made_it(monkeypatch):
   # launch/styledrop_eval.py writes its command into the markdown table: parsing it back gives the same run.
   import shlex
-  sys.path.insert(0, os.path.join(REPO, "launch"))
+  monkeypatch.syspath_prepend(os.path.join(REPO, "launch"))
   import styledrop_eval
   ap = styledrop_eval.parser()
   for argv in ([], ["--styles", "2", "--selection", "scorer", "--no-lora", "--lambda_a", "", "--lambda_b", "1,3",
