@@ -44,7 +44,10 @@ def _tokenizer(c: ml_collections.ConfigDict, runlocal: bool) -> None:
       # Shape pixels (the world's mask) weigh 10x in L1: unweighted, textured backgrounds dominate the
       # loss (at step 500 shapes came back as blobs of the wrong color; weighted, of the right one).
       foreground_weight=9.0,
-      gan_weight=0.0, perceptual_weight=0.0, image_size=64))
+      gan_weight=0.0, perceptual_weight=0.0, image_size=64,
+      # Muse's decoder fine-tuning (DECODER_STAGE below): () / 0 = the encoder's widths / blocks.
+      decoder_channel_multipliers=(), decoder_res_blocks=0, decoder_extra_blocks=(),
+      frozen_codes=False))
   c.data = ml_collections.ConfigDict(dict(name="shapestyle", image_size=64, seed=0, num_examples=1_000_000,
                                           styles="named+plain"))
   # Measured 0.7 steps/s with a CLIP training beside it (35 min); ~1.5 steps/s on 2 idle cores.
@@ -177,6 +180,16 @@ STAGES = {
 # style_fidelity 0.52 / 0.26 -> 0.48 / 0.17. The generators on 128 codes are 40-45% smaller and predict their targets better (Muse
 # masked accuracy 0.23 -> 0.31); shape drawing came with conv stages and more steps (README).
 MERGE_CODES = {"tokenizer": common.SHAPESTYLE_CODES}
+
+# Then Muse's decoder fine-tuning (Chang et al. 2023, "Decoder finetuning"): the merged tokenizer's decoder grows
+# identity-initialised res blocks at 32x32 / 16x16 / 8x8 and trains on the frozen encoder's codes, so token
+# ids (and the generators trained on them) are unchanged. The build runs it `init_from` the merged export.
+DECODER_STAGE = {"tokenizer": (
+    f"--config.model.codebook_size={common.SHAPESTYLE_CODES}", "--config.model.decoder_extra_blocks=[0,1,2,4]",
+    "--config.model.frozen_codes=True", '--config.optimizer.freeze=("^encoder/","^quantizer/")',
+    "--config.model.entropy_weight=0", "--config.model.dead_code_weight=0", "--config.model.foreground_weight=4.0",
+    "--config.total_steps=2000", "--config.optimizer.lr=5e-4", "--config.optimizer.warmup_steps=50",
+    "--config.checkpoint.every=250")}
 
 _PARTS = {
     "tokenizer": _tokenizer,

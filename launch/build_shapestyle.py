@@ -7,7 +7,8 @@
 Per part, in dependency order (the generators train on the *shipped* tokenizer and CLIP):
   1. `stylejax train --config configs/shapestyle.py:<part> --workdir ROOT/<part>` (resumes if killed);
      the tokenizer, base and AR base are chains of such commands (configs/shapestyle.py STAGES)
-  2. export the final workdir -> stylejax/assets/shapestyle/<part>.{safetensors,json}
+  2. export the final workdir -> stylejax/assets/shapestyle/<part>.{safetensors,json} (the tokenizer:
+     its codebook merged first, then its decoder fine-tuned from that export: MERGE_CODES, DECODER_STAGE)
 Then every exported part is measured with `stylejax.eval.shapestyle_eval` and its metrics go into its
 JSON record and launch/BUILD_SHAPESTYLE.md, with each part's training wall time (summed over resumed
 runs) and the machine it ran on.
@@ -45,9 +46,20 @@ def stages(part: str, root: str) -> list[tuple[str, list[str]]]:
   return out
 
 
-def train(part: str, root: str, extra: list[str]) -> str:
+def decoder_stage(part: str, root: str) -> list[tuple[str, list[str]]]:
+  """[(workdir, args)] of the part's decoder fine-tuning after its merge (configs/shapestyle.py
+  DECODER_STAGE), `init_from` the merged export; [] for other parts."""
+  from configs import shapestyle
+  if part not in shapestyle.DECODER_STAGE:
+    return []
+  workdir = os.path.join(root, f"{part}_decoder")
+  return [(workdir, [f"--config=configs/shapestyle.py:{part}", *shapestyle.DECODER_STAGE[part],
+                     f"--config.init_from.workdir=shapestyle:{part}", f"--workdir={workdir}"])]
+
+
+def train(part: str, root: str, extra: list[str], chain=stages) -> str:
   """Runs the part's training command(s), logging each one's wall seconds; returns the final workdir."""
-  for workdir, args in stages(part, root):
+  for workdir, args in chain(part, root):
     t0 = time.time()
     subprocess.run([sys.executable, "-m", "stylejax", "train", *args, *extra], cwd=ROOT, check=True)
     with open(os.path.join(root, "times.jsonl"), "a") as f:
@@ -62,6 +74,8 @@ def command(part: str) -> str:
   chain = " && ".join("stylejax train " + shlex.join(args) for _, args in stages(part, "/tmp/ss"))
   if part in shapestyle.MERGE_CODES:
     chain += f"  # then its codebook merged to {shapestyle.MERGE_CODES[part]} codes (build_shapestyle.merge_codes)"
+  for _, args in decoder_stage(part, "/tmp/ss"):
+    chain += f", exported, and its decoder fine-tuned: stylejax train {shlex.join(args)}"
   return chain
 
 
@@ -130,6 +144,8 @@ def main() -> None:
         shipped.export_params(config, params, part, command(part), dtype=dtype, merged_from=workdir)
       else:
         shipped.export(workdir, part, command=command(part), dtype=dtype)
+      if decoder_stage(part, args.root):  # starts from the export above and replaces it
+        shipped.export(train(part, args.root, extra, chain=decoder_stage), part, command=command(part), dtype=dtype)
 
   if args.no_eval:
     return

@@ -22,7 +22,7 @@ PREFIX = "shapestyle:"
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "shapestyle")
 # part name -> what it is (the README table and error messages use these)
 PARTS = {
-    "tokenizer": "VQGAN image tokenizer, 64x64 -> 8x8 ids from 128 codes (merged from 4096)",
+    "tokenizer": "VQGAN image tokenizer, 64x64 -> 8x8 ids from 128 codes (merged from 4096; decoder fine-tuned)",
     "clip": "tiny CLIP (text tower for Muse/AR prompts; CLIP-T/CLIP-I metrics)",
     "content": "content classifier scorer (shape, color, count)",
     "style": "style encoder scorer (CSD analogue)",

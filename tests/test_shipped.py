@@ -152,3 +152,43 @@ def test_shipped_part_reproduces_its_recorded_quality(part):
     lo, hi = want["ci95"]
     slack = max(0.08, 2.0 * (hi - lo)) if lo is not None else 0.08
     assert abs(m["mean"] - want["mean"]) <= slack, (key, m, want)
+
+
+def test_init_from_dont_load_keeps_a_resized_decoder_fresh(assets, tmp_path):
+  """Decoder fine-tuning from a tokenizer run: encoder and codebook copied and frozen, the wider decoder
+  (`init_from.dont_load`) trained from its own init; without dont_load the shapes clash."""
+  _, runs = assets
+  spec = "configs/shapestyle.py:tokenizer,runlocal"
+  wide = {"init_from.workdir": runs["tokenizer"], "model.decoder_channel_multipliers": "[1,2,4,4]",
+          "model.decoder_res_blocks": "2", "total_steps": "2"}
+  tuned = _train(spec, tmp_path / "decoder", **wide, **{
+      "init_from.dont_load": '("^decoder/",)', "optimizer.freeze": '("^encoder/", "^quantizer/")',
+      "model.frozen_codes": "true"})
+  _, want = trainer.load_params(runs["tokenizer"])
+  _, got = trainer.load_params(tuned)
+  want, got = shipped.flatten_params(want), shipped.flatten_params(got)
+  for k in [k for k in want if not k.startswith("decoder/")]:
+    np.testing.assert_array_equal(got[k], want[k])
+  assert got["decoder/Conv_0/kernel"].shape != want["decoder/Conv_0/kernel"].shape
+  config = config_lib.load_config(os.path.join(REPO, spec), {"progress": "false", **wide})
+  with pytest.raises(trainer.TrainError, match="configs must agree"):
+    trainer.train(config, str(tmp_path / "clash"), devices=None)
+
+
+def test_decoder_stage_trains_the_grown_decoder_on_frozen_codes(assets, tmp_path):
+  """configs/shapestyle.py DECODER_STAGE at runlocal size: encoder and codebook stay bit-identical, so the
+  generators' token ids do not change; the decoder's old params train and its grown blocks exist."""
+  from configs import shapestyle
+  _, runs = assets
+  sizes = ("codebook_size", "total_steps", "checkpoint.every")  # the full part's sizes, not runlocal's
+  stage = dict(a[len("--config."):].split("=", 1) for a in shapestyle.DECODER_STAGE["tokenizer"])
+  stage = {k: v for k, v in stage.items() if not k.endswith(sizes)}
+  stage.update({"init_from.workdir": runs["tokenizer"], "optimizer.warmup_steps": "0"})
+  tuned = _train("configs/shapestyle.py:tokenizer,runlocal", tmp_path / "decoder", **stage)
+  _, want = trainer.load_params(runs["tokenizer"])
+  _, got = trainer.load_params(tuned)
+  want, got = shipped.flatten_params(want), shipped.flatten_params(got)
+  for k in [k for k in want if not k.startswith("decoder/")]:
+    np.testing.assert_array_equal(got[k], want[k])
+  assert not np.array_equal(got["decoder/Conv_0/kernel"], want["decoder/Conv_0/kernel"])
+  assert {"decoder/Extra_2_1/Conv_1/kernel", "decoder/Extra_3_3/Conv_1/kernel"} <= set(got)

@@ -405,3 +405,44 @@ def test_foreground_weighted_reconstruction_loss():
     task.loss(params, {"image": jnp.zeros((1, 16, 16, 3))}, key(1))
   loss, _ = task.loss(params, {"image": jnp.zeros((1, 16, 16, 3)), "mask": jnp.ones((1, 16, 16))}, key(1))
   assert np.isfinite(float(loss))
+
+
+def test_wider_decoder_and_frozen_codes_train_only_the_decoder():
+  """Muse's decoder fine-tuning: a wider/deeper decoder on frozen codes gets gradients; encoder and codebook
+  get exactly none, and the reconstruction loss is the full model's (same codes, same decoder)."""
+  wide = dict(decoder_channel_multipliers=(2, 4), decoder_res_blocks=2)
+  task = vq.VQGANTask(make_config(**wide))
+  params = nn.meta.unbox(task.init(key(0)))
+  assert params["decoder"]["Conv_0"]["kernel"].shape[-1] == 8 * 4  # filters x the decoder's last multiplier
+  assert params["encoder"]["Conv_1"]["kernel"].shape[-2] == 8 * 2  # the encoder keeps its own widths
+  assert len([k for k in params["decoder"] if k.startswith("ResBlock")]) == 2 * 3  # 2 per level + middle
+  images = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 16, 16, 3)), jnp.float32)
+  frozen = vq.VQGANTask(make_config(frozen_codes=True, **wide))
+  grads, aux = jax.grad(frozen.loss, has_aux=True)(params, {"image": images}, key(1))
+  for part in ("encoder", "quantizer"):
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads[part])), part
+  assert float(optax.tree.norm(grads["decoder"])) > 0
+  _, full = task.loss(params, {"image": images}, key(1))
+  assert float(aux["recon_loss"]) == pytest.approx(float(full["recon_loss"]), rel=1e-6)
+  full_grads, _ = jax.grad(task.loss, has_aux=True)(params, {"image": images}, key(1))
+  assert float(optax.tree.norm(full_grads["encoder"])) > 0  # the unfrozen model does train its encoder
+  with pytest.raises(ValueError, match="as many levels"):
+    vq.VQGANTask(make_config(decoder_channel_multipliers=(1, 2, 2))).init(key(0))
+
+
+def test_extra_decoder_blocks_start_as_the_identity_and_keep_names():
+  """Blocks grown onto a trained decoder: the old params keep their names and shapes, and until the new
+  blocks train the decoder's output is exactly the old one's."""
+  old, grown = tiny(), tiny(decoder_extra_blocks=(0, 1, 0, 2))
+  images = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 32, 32, 3)), jnp.float32)
+  p_old = nn.meta.unbox(old.init(key(0), images)["params"])
+  p_new = nn.meta.unbox(grown.init(key(1), images)["params"])
+  extra = sorted(k for k in p_new["decoder"] if k not in p_old["decoder"])
+  assert extra == ["Extra_1_0", "Extra_3_0", "Extra_3_1"]
+  assert unboxed_shapes({k: p_new["decoder"][k] for k in p_old["decoder"]}) == unboxed_shapes(p_old["decoder"])
+  merged = dict(p_old, decoder={**p_new["decoder"], **p_old["decoder"]})
+  np.testing.assert_array_equal(np.asarray(grown.apply({"params": merged}, images)[0]),
+                                np.asarray(old.apply({"params": p_old}, images)[0]))
+  bumped = jax.tree.map(lambda a: a + 0.1, merged["decoder"]["Extra_3_0"])  # trained: no longer the identity
+  changed = dict(merged, decoder={**merged["decoder"], "Extra_3_0": bumped})
+  assert not np.allclose(grown.apply({"params": changed}, images)[0], old.apply({"params": p_old}, images)[0])

@@ -54,9 +54,11 @@ def num_groups(channels: int, max_groups: int = 32, min_group_channels: int = 4)
 
 
 def _conv(features: int, kernel: int, name: str, *, use_bias: bool = True, strides: int = 1,
-          dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, shard_out: bool = True) -> nn.Conv:
+          dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, shard_out: bool = True,
+          zero_init: bool = False) -> nn.Conv:
   """`shard_out=False` for the RGB / logit heads, whose 3 or 1 channels no tensor axis divides."""
-  init = nn.initializers.lecun_normal()  # Flax's Conv default, as in MaskGIT
+  # Flax's Conv default, as in MaskGIT; zeros make a residual branch start as the identity.
+  init = nn.initializers.zeros if zero_init else nn.initializers.lecun_normal()
   out = "conv_out" if shard_out else None
   return nn.Conv(features, (kernel, kernel), strides=(strides, strides), use_bias=use_bias, dtype=dtype,
                  param_dtype=param_dtype, name=name,
@@ -96,6 +98,7 @@ class ResBlock(nn.Module):
   maskgit_shortcut_quirk: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  identity_init: bool = False  # zero last conv: a block added to a trained network starts as the identity
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -104,7 +107,7 @@ class ResBlock(nn.Module):
     h = nn.swish(_group_norm(x.shape[-1], "GroupNorm_0", **kw)(x))
     h = _conv(self.filters, 3, "Conv_0", use_bias=False, **kw)(h)
     h = nn.swish(_group_norm(self.filters, "GroupNorm_1", **kw)(h))
-    h = _conv(self.filters, 3, "Conv_1", use_bias=False, **kw)(h)
+    h = _conv(self.filters, 3, "Conv_1", use_bias=False, zero_init=self.identity_init, **kw)(h)
     if x.shape[-1] != self.filters:
       source = h if self.maskgit_shortcut_quirk else residual
       residual = _conv(self.filters, 1, "Conv_2", use_bias=False, **kw)(source)
@@ -148,8 +151,13 @@ class Encoder(_Stack):
 
 
 class Decoder(_Stack):
-  """latents [B, h, w, D] -> images [B, h*f, w*f, output_dim] (unclipped; ~[0, 1] once trained)."""
+  """latents [B, h, w, D] -> images [B, h*f, w*f, output_dim] (unclipped; ~[0, 1] once trained).
+
+  `extra_blocks[i]` identity-initialised res blocks (`Extra_{i}_{j}`) follow level i's blocks (level 0 is
+  full resolution): capacity grown onto a trained decoder without renaming or changing its params.
+  """
   output_dim: int = 3
+  extra_blocks: Sequence[int] = ()
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -161,6 +169,9 @@ class Decoder(_Stack):
     for i in reversed(range(len(self.channel_multipliers))):
       filters = self.filters * self.channel_multipliers[i]
       x, n = self._res_blocks(x, filters, n)
+      for j in range(self.extra_blocks[i] if i < len(self.extra_blocks) else 0):
+        x = ResBlock(filters, dtype=self.dtype, param_dtype=self.param_dtype, identity_init=True,
+                     name=f"Extra_{i}_{j}")(x)
       if i > 0:
         x = _conv(filters, 3, f"Conv_{conv}", **kw)(upsample(x))
         conv += 1
@@ -282,16 +293,27 @@ class VQGAN(nn.Module):
   quantizer_kind: str = "euclidean"
   maskgit_shortcut_quirk: bool = False
   entropy_temperature: float = 0.01
+  # Muse's decoder fine-tuning (Chang et al. 2023, "Decoder finetuning"): a decoder with more channels /
+  # residual layers than the encoder, trained on the frozen encoder's codes. None = the encoder's (MaskGIT).
+  decoder_channel_multipliers: Sequence[int] | None = None
+  decoder_res_blocks: int | None = None
+  decoder_extra_blocks: Sequence[int] = ()  # per level, identity-initialised (Decoder.extra_blocks)
   remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   def setup(self):
-    stack = dict(filters=self.filters, channel_multipliers=tuple(self.channel_multipliers),
-                 num_res_blocks=self.num_res_blocks, maskgit_shortcut_quirk=self.maskgit_shortcut_quirk,
+    dec_mults = tuple(self.decoder_channel_multipliers or self.channel_multipliers)
+    if len(dec_mults) != len(self.channel_multipliers):
+      raise ValueError(f"decoder_channel_multipliers {dec_mults} must have as many levels as channel_multipliers "
+                       f"{tuple(self.channel_multipliers)} (the same downsampling factor).")
+    stack = dict(filters=self.filters, maskgit_shortcut_quirk=self.maskgit_shortcut_quirk,
                  remat=self.remat, dtype=self.dtype, param_dtype=self.param_dtype)
-    self.encoder = Encoder(embedding_dim=self.embedding_dim, **stack)
-    self.decoder = Decoder(output_dim=3, **stack)
+    self.encoder = Encoder(embedding_dim=self.embedding_dim, channel_multipliers=tuple(self.channel_multipliers),
+                           num_res_blocks=self.num_res_blocks, **stack)
+    self.decoder = Decoder(output_dim=3, channel_multipliers=dec_mults,
+                           extra_blocks=tuple(self.decoder_extra_blocks),
+                           num_res_blocks=self.decoder_res_blocks or self.num_res_blocks, **stack)
     self.quantizer = VectorQuantizer(self.codebook_size, self.embedding_dim, self.quantizer_kind,
                                      self.entropy_temperature, self.dtype, self.param_dtype)
 
@@ -497,7 +519,11 @@ class VQGANTask(Task):
     entropy_weight (0; MaskGIT 0.1), gan_weight (0 = no discriminator), image_size; optional:
     entropy_temperature (0.01), dead_code_weight (0), perceptual_weight (0), foreground_weight (0: pixels
     under the data's shape mask weigh 1 + w in the reconstruction loss), disc_filters (64),
-    disc_layers (2), disc_weight (1.0), revive_threshold (1.0).
+    disc_layers (2), disc_weight (1.0), revive_threshold (1.0); Muse's decoder fine-tuning:
+    decoder_channel_multipliers (() = channel_multipliers), decoder_res_blocks (0 = num_res_blocks),
+    decoder_extra_blocks (per level, identity-initialised: grows a trained decoder),
+    frozen_codes (False; True trains the decoder on stop-gradient codes, with the encoder and codebook
+    also in optimizer.freeze).
   config.data: name ("procedural"|"shapestyle"), image_size, num_examples, seed; shapestyle: styles.
 
   GAN with one optimizer: loss = G-terms + gan_weight * hinge_G(D_sg(x_hat)) + disc_weight * hinge_D(D(x),
@@ -515,7 +541,13 @@ class VQGANTask(Task):
         filters=m.filters, channel_multipliers=tuple(m.channel_multipliers), num_res_blocks=m.num_res_blocks,
         embedding_dim=m.embedding_dim, codebook_size=m.codebook_size, quantizer_kind=m.quantizer,
         maskgit_shortcut_quirk=m.maskgit_shortcut_quirk, entropy_temperature=m.get("entropy_temperature", 0.01),
+        decoder_channel_multipliers=tuple(m.get("decoder_channel_multipliers", None) or ()) or None,
+        decoder_res_blocks=m.get("decoder_res_blocks", None) or None,
+        decoder_extra_blocks=tuple(m.get("decoder_extra_blocks", None) or ()),
         remat=bool(config.get("remat", False)), dtype=dtype)
+    # Decoder fine-tuning: the encoder and codebook are frozen (optimizer.freeze), and stopping gradients at
+    # the codes keeps XLA from computing the encoder's backward pass at all.
+    self.frozen_codes = bool(m.get("frozen_codes", False))
     self.gan_weight = float(m.get("gan_weight", 0.0))
     self.discriminator = (PatchDiscriminator(m.get("disc_filters", 64), m.get("disc_layers", 2), dtype=dtype)
                           if self.gan_weight > 0 else None)
@@ -547,7 +579,14 @@ class VQGANTask(Task):
   def loss(self, params, batch, rng):
     m = self.config.model
     images = batch["image"].astype(jnp.float32)
-    recon, aux = self.model.apply({"params": self.vqgan_params(params)}, images, train=True)
+    if self.frozen_codes:
+      vq = jax.lax.stop_gradient(self.vqgan_params(params))
+      _, quantized = self.model.apply({"params": vq}, images, method=VQGAN.encode)
+      recon = self.model.apply({"params": self.vqgan_params(params)}, quantized, method=VQGAN.decode)
+      zero = jnp.zeros((), jnp.float32)
+      aux = {k: zero for k in ("commitment_loss", "codebook_loss", "entropy_loss", "dead_code_loss")}
+    else:
+      recon, aux = self.model.apply({"params": self.vqgan_params(params)}, images, train=True)
     fg = float(m.get("foreground_weight", 0.0))
     if fg > 0 and "mask" not in batch:
       raise ValueError("model.foreground_weight > 0 needs a data source with a foreground 'mask' "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from typing import Any, Sequence
@@ -88,7 +89,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax
     if data_state is not None:
       data.set_state(data_state)
   elif config.get("init_from", {}).get("workdir"):
-    state = _init_from(state, config.init_from.workdir)
+    state = _init_from(state, config.init_from.workdir, config.init_from.get("dont_load", ()))
   start = int(jax.device_get(state["step"]))
   total = config.total_steps
   summary = {"start_step": start, "final_step": start, "status": "done", "workdir": workdir}
@@ -173,19 +174,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax
   return summary
 
 
-def _init_from(state: dict[str, Any], workdir: str) -> dict[str, Any]:
+def _init_from(state: dict[str, Any], workdir: str, dont_load: Sequence[str] = ()) -> dict[str, Any]:
   """Copies params whose path exists in `workdir` (a run or shipped name) into a fresh state (EMA too).
 
-  Params only the new model has (adapters, LoRA, a resampler) keep their fresh init; a shared path
-  with a different shape is an error (the configs disagree).
+  Params only the new model has (adapters, LoRA, a resampler) and paths matching a `dont_load` regex keep
+  their fresh init; any other shared path with a different shape is an error (the configs disagree).
   """
   _, source = load_params(workdir, devices=jax.devices()[:1])
   source = shipped.flatten_params(source)
+  skip = [re.compile(r) for r in dont_load]
   copied = []
 
   def take(path, leaf):
     key = "/".join(str(getattr(p, "key", p)) for p in path)
-    if key not in source:
+    if key not in source or any(r.search(key) for r in skip):
       return leaf
     if source[key].shape != leaf.shape:
       raise TrainError(f"init_from {workdir}: {key} has shape {source[key].shape} there but {leaf.shape} here; "

@@ -1,0 +1,85 @@
+"""Muse's decoder fine-tuning, measured: the shipped tokenizer's decoder vs a fine-tuned one, paired.
+
+  python launch/decoder_eval.py RUN [RUN ...] [--step N] [--prompts 96] [--recon 300]
+
+RUN: a `stylejax train` workdir of the tokenizer part trained on the shipped tokenizer's frozen codes
+(configs/shapestyle.py DECODER_STAGE). Both decoders read the *same* token ids: reconstructions of the
+same test renders, and the shipped Muse and AR bases' samples for the same held-out prompts and seeds
+(generated once, decoded by each decoder), so every difference is the decoder's alone. Prints one
+markdown table per check (shapestyle_eval metrics, mean [95% CI] (n)).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("runs", nargs="+", help="decoder fine-tuning workdirs (or shipped names) to compare")
+  ap.add_argument("--step", type=int, default=None, help="checkpoint step of the runs (default: latest)")
+  ap.add_argument("--prompts", type=int, default=96, help="held-out prompts per set (plain, named)")
+  ap.add_argument("--recon", type=int, default=300, help="test renders for the reconstruction check")
+  ap.add_argument("--bases", default="shapestyle:base,shapestyle:ar", help="generators whose ids are decoded")
+  args = ap.parse_args()
+
+  from stylejax.eval import shapestyle_eval as E
+  from stylejax.models import scorers as scorers_lib
+  from stylejax.models.ar_t2i import ARImagePipeline, ARImageTask
+  from stylejax.models.muse_pipeline import MusePipeline
+  from stylejax.models.parts import ImageTokenizer
+  from stylejax.train import trainer
+  from stylejax.train.task import load_task
+
+  scorers = scorers_lib.scorers_from_workdirs()
+  decoders = {"shipped": ImageTokenizer(*_part(trainer, load_task, "shapestyle:tokenizer", None))}
+  for run in args.runs:
+    decoders[run] = ImageTokenizer(*_part(trainer, load_task, run, args.step))
+  columns = {}
+  for name, tok in decoders.items():
+    columns[name] = E.tokenizer(tok, scorers, args.recon)
+  _table("reconstructions of the same test renders", columns)
+
+  for base in [b for b in args.bases.split(",") if b]:
+    task, _ = _part(trainer, load_task, base, None)
+    pipe = (ARImagePipeline if isinstance(task, ARImageTask) else MusePipeline).load(base)
+    cache: dict = {}
+
+    def ids(prompts, num, seed):
+      key = (tuple(prompts), num, seed)
+      if key not in cache:
+        cache[key] = pipe.generate_ids(list(prompts), num, seed)
+      return cache[key]
+
+    columns = {}
+    for name, tok in decoders.items():
+      columns[name] = E.text_to_image(lambda p, n, s: tok.decode(ids(p, n, s)), tok.image_size, 0.1, scorers,
+                                      args.prompts)
+    _table(f"{base} samples (same ids, {args.prompts} held-out prompts per set)", columns)
+
+
+def _part(trainer, load_task, workdir, step):
+  config, params = trainer.load_params(workdir, step=step)
+  return load_task(config), trainer.params_to_numpy(params)
+
+
+def _table(title: str, columns: dict) -> None:
+  names = list(columns)
+  keys = list(columns[names[0]])
+  print(f"\n### {title}\n")
+  print("| metric | " + " | ".join(names) + " |")
+  print("|---|" + "---|" * len(names))
+  for k in keys:
+    cells = []
+    for n in names:
+      m = columns[n][k]
+      (lo, hi), mean = m["ci95"], m["mean"]
+      cells.append(f"{mean:.3f} [{lo:.3f}, {hi:.3f}] ({m['n']})" if lo is not None else f"{mean:.3f} ({m['n']})")
+    print(f"| {k} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+  main()
