@@ -97,7 +97,7 @@ def base_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   # Start from another run's params (a workdir or shipped name like "shapestyle:base"): matching
   # paths are copied before step 0; params only this model has (adapters, LoRA) keep their init, and
   # so do paths matching a `dont_load` regex (big_vision's name; e.g. a resized decoder).
-  c.init_from = ml_collections.ConfigDict(dict(workdir="", dont_load=()))
+  c.init_from = ml_collections.ConfigDict(dict(workdir="", dont_load=[]))
 
   c.compute_dtype = "float32"  # "bfloat16" for bf16 compute with fp32 params
   c.scan_layers = False

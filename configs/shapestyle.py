@@ -45,8 +45,8 @@ def _tokenizer(c: ml_collections.ConfigDict, runlocal: bool) -> None:
       # loss (at step 500 shapes came back as blobs of the wrong color; weighted, of the right one).
       foreground_weight=9.0,
       gan_weight=0.0, perceptual_weight=0.0, image_size=64,
-      # Muse's decoder fine-tuning (DECODER_STAGE below): () / 0 = the encoder's widths / blocks.
-      decoder_channel_multipliers=(), decoder_res_blocks=0, decoder_extra_blocks=(),
+      # Muse's decoder fine-tuning (DECODER_STAGE below): [] / 0 = the encoder's widths / blocks.
+      decoder_channel_multipliers=[], decoder_res_blocks=0, decoder_extra_blocks=[],
       frozen_codes=False))
   c.data = ml_collections.ConfigDict(dict(name="shapestyle", image_size=64, seed=0, num_examples=1_000_000,
                                           styles="named+plain"))

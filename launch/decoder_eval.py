@@ -1,9 +1,15 @@
 """Muse's decoder fine-tuning, measured: the shipped tokenizer's decoder vs a fine-tuned one, paired.
 
-  python launch/decoder_eval.py RUN [RUN ...] [--step N] [--prompts 96] [--recon 300]
+  python launch/decoder_eval.py RUN [RUN ...] [--step N] [--prompts 96] [--recon 300] [--reference-root DIR]
 
 RUN: a `stylejax train` workdir of the tokenizer part trained on the shipped tokenizer's frozen codes
-(configs/shapestyle.py DECODER_STAGE). Both decoders read the *same* token ids: reconstructions of the
+(configs/shapestyle.py DECODER_STAGE), or a shipped name. The reference column is the shipped tokenizer, or
+the one in DIR (a folder with tokenizer.json + tokenizer.safetensors). The README's stop-23 vs stop-24 table:
+
+  mkdir -p /tmp/ss23 && for f in json safetensors; do
+    git show 5ec45c2:stylejax/assets/shapestyle/tokenizer.$f > /tmp/ss23/tokenizer.$f; done
+  python launch/decoder_eval.py shapestyle:tokenizer --reference-root /tmp/ss23
+ Both decoders read the *same* token ids: reconstructions of the
 same test renders, and the shipped Muse and AR bases' samples for the same held-out prompts and seeds
 (generated once, decoded by each decoder), so every difference is the decoder's alone. Prints one
 markdown table per check (shapestyle_eval metrics, mean [95% CI] (n)).
@@ -24,8 +30,10 @@ def main() -> None:
   ap.add_argument("--prompts", type=int, default=96, help="held-out prompts per set (plain, named)")
   ap.add_argument("--recon", type=int, default=300, help="test renders for the reconstruction check")
   ap.add_argument("--bases", default="shapestyle:base,shapestyle:ar", help="generators whose ids are decoded")
+  ap.add_argument("--reference-root", default=None, help="folder holding the reference tokenizer.{json,safetensors}")
   args = ap.parse_args()
 
+  from stylejax import shipped
   from stylejax.eval import shapestyle_eval as E
   from stylejax.models import scorers as scorers_lib
   from stylejax.models.ar_t2i import ARImagePipeline, ARImageTask
@@ -35,7 +43,8 @@ def main() -> None:
   from stylejax.train.task import load_task
 
   scorers = scorers_lib.scorers_from_workdirs()
-  decoders = {"shipped": ImageTokenizer(*_part(trainer, load_task, "shapestyle:tokenizer", None))}
+  config, params = shipped.load("shapestyle:tokenizer", args.reference_root)
+  decoders = {args.reference_root or "shipped": ImageTokenizer(load_task(config), params)}
   for run in args.runs:
     decoders[run] = ImageTokenizer(*_part(trainer, load_task, run, args.step))
   columns = {}

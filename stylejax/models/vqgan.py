@@ -520,7 +520,7 @@ class VQGANTask(Task):
     entropy_temperature (0.01), dead_code_weight (0), perceptual_weight (0), foreground_weight (0: pixels
     under the data's shape mask weigh 1 + w in the reconstruction loss), disc_filters (64),
     disc_layers (2), disc_weight (1.0), revive_threshold (1.0); Muse's decoder fine-tuning:
-    decoder_channel_multipliers (() = channel_multipliers), decoder_res_blocks (0 = num_res_blocks),
+    decoder_channel_multipliers ([] = channel_multipliers), decoder_res_blocks (0 = num_res_blocks),
     decoder_extra_blocks (per level, identity-initialised: grows a trained decoder),
     frozen_codes (False; True trains the decoder on stop-gradient codes, with the encoder and codebook
     also in optimizer.freeze).
