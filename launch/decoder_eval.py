@@ -3,16 +3,15 @@
   python launch/decoder_eval.py RUN [RUN ...] [--step N] [--prompts 96] [--recon 300] [--reference-root DIR]
 
 RUN: a `stylejax train` workdir of the tokenizer part trained on the shipped tokenizer's frozen codes
-(configs/shapestyle.py DECODER_STAGE), or a shipped name. The reference column is the shipped tokenizer, or
-the one in DIR (a folder with tokenizer.json + tokenizer.safetensors). The README's stop-23 vs stop-24 table:
+(configs/shapestyle.py DECODER_STAGE), or a shipped name. Every decoder reads the *same* token ids: codes of
+the same test renders, and the shipped Muse and AR bases' samples for the same held-out prompts and seeds
+(generated once, decoded by each decoder), so every difference is the decoder's alone. The reference column
+is the shipped tokenizer, or the one in DIR (a folder with tokenizer.json + tokenizer.safetensors). Prints one
+markdown table per check (shapestyle_eval metrics, mean [95% CI] (n)). The README's stop-23 vs stop-24 table:
 
   mkdir -p /tmp/ss23 && for f in json safetensors; do
     git show 5ec45c2:stylejax/assets/shapestyle/tokenizer.$f > /tmp/ss23/tokenizer.$f; done
   python launch/decoder_eval.py shapestyle:tokenizer --reference-root /tmp/ss23
- Both decoders read the *same* token ids: reconstructions of the
-same test renders, and the shipped Muse and AR bases' samples for the same held-out prompts and seeds
-(generated once, decoded by each decoder), so every difference is the decoder's alone. Prints one
-markdown table per check (shapestyle_eval metrics, mean [95% CI] (n)).
 """
 from __future__ import annotations
 
@@ -39,21 +38,20 @@ def main() -> None:
   from stylejax.models.ar_t2i import ARImagePipeline, ARImageTask
   from stylejax.models.muse_pipeline import MusePipeline
   from stylejax.models.parts import ImageTokenizer
-  from stylejax.train import trainer
   from stylejax.train.task import load_task
 
   scorers = scorers_lib.scorers_from_workdirs()
   config, params = shipped.load("shapestyle:tokenizer", args.reference_root)
   decoders = {args.reference_root or "shipped": ImageTokenizer(load_task(config), params)}
   for run in args.runs:
-    decoders[run] = ImageTokenizer(*_part(trainer, load_task, run, args.step))
+    decoders[run] = ImageTokenizer(*_part(run, args.step))
   columns = {}
   for name, tok in decoders.items():
     columns[name] = E.tokenizer(tok, scorers, args.recon)
   _table("reconstructions of the same test renders", columns)
 
   for base in [b for b in args.bases.split(",") if b]:
-    task, _ = _part(trainer, load_task, base, None)
+    task, _ = _part(base, None)
     pipe = (ARImagePipeline if isinstance(task, ARImageTask) else MusePipeline).load(base)
     cache: dict = {}
 
@@ -70,7 +68,10 @@ def main() -> None:
     _table(f"{base} samples (same ids, {args.prompts} held-out prompts per set)", columns)
 
 
-def _part(trainer, load_task, workdir, step):
+def _part(workdir: str, step: int | None):
+  """(task, numpy params) of a run or shipped name at `step`."""
+  from stylejax.train import trainer
+  from stylejax.train.task import load_task
   config, params = trainer.load_params(workdir, step=step)
   return load_task(config), trainer.params_to_numpy(params)
 
