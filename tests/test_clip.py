@@ -183,6 +183,29 @@ def test_params_carry_logical_names_and_shard():
   assert per_image.shape == (4, 4) and np.isfinite(np.asarray(per_image)).all()
 
 
+def test_conv_stem_replaces_the_patchify_stem():
+  """conv_stem: stride-2 convs then a (patch / 2**n) patch embedding, same token grid and class token; the
+  stem sees every pixel of a patch through overlapping 3x3 windows. Not an HF model, so no HF export."""
+  config = clip.CLIPConfig.tiny(patch_size=8, conv_stem=(4, 8))
+  model = clip.CLIPModel(config)
+  params = nn.unbox(jax.jit(lambda r: clip.init_params(model, r))(jax.random.key(0)))
+  emb = params["vision_model"]["embeddings"]
+  assert emb["stem_0"]["kernel"].shape == (3, 3, 3, 4) and emb["stem_1"]["kernel"].shape == (3, 3, 4, 8)
+  assert emb["patch_embedding"]["kernel"].shape == (2, 2, 8, 32)
+  pixels = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+  tokens = jax.jit(lambda x: model.apply({"params": params}, x, 0, method="encode_image_hidden"))
+  assert tokens(pixels).shape == (2, 1 + 16, 32)
+  moved = pixels.at[:, 3, 3].add(1.0)  # one pixel inside the first patch changes only that patch's token
+  delta = np.abs(np.asarray(tokens(moved) - tokens(pixels))).max(-1)
+  assert (delta[:, 1] > 1e-4).all() and np.allclose(delta[:, 2:], 0) and np.allclose(delta[:, 0], 0)
+  with pytest.raises(ValueError, match="no Hugging Face equivalent"):
+    config.to_hf_dict()
+  assert clip.CLIPConfig.from_hf_dict({"vision_config": {"conv_stem": [4, 8]}}).vision.conv_stem == (4, 8)
+  bad = clip.CLIPModel(clip.CLIPConfig.tiny(patch_size=8, conv_stem=(4, 4, 4, 4)))
+  with pytest.raises(ValueError, match="not divisible"):
+    jax.eval_shape(lambda: clip.init_params(bad, jax.random.key(0)))
+
+
 def test_preprocess_images_normalises_and_crops():
   img = np.full((1, 40, 64, 3), 0.5, np.float32)
   img[:, :, :12] = 0.0  # left strip is cropped away by the centre crop (64 * 32/40 = 51 wide -> 32)

@@ -418,13 +418,13 @@ def test_wider_decoder_and_frozen_codes_train_only_the_decoder():
   assert len([k for k in params["decoder"] if k.startswith("ResBlock")]) == 2 * 3  # 2 per level + middle
   images = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 16, 16, 3)), jnp.float32)
   frozen = vq.VQGANTask(make_config(frozen_codes=True, **wide))
-  grads, aux = jax.grad(frozen.loss, has_aux=True)(params, {"image": images}, key(1))
+  grad = lambda t: jax.jit(jax.grad(t.loss, has_aux=True))(params, {"image": images}, key(1))  # jit: ~10x faster
+  grads, aux = grad(frozen)
   for part in ("encoder", "quantizer"):
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads[part])), part
   assert float(optax.tree.norm(grads["decoder"])) > 0
-  _, full = task.loss(params, {"image": images}, key(1))
-  assert float(aux["recon_loss"]) == pytest.approx(float(full["recon_loss"]), rel=1e-6)
-  full_grads, _ = jax.grad(task.loss, has_aux=True)(params, {"image": images}, key(1))
+  full_grads, full = grad(task)
+  assert float(aux["recon_loss"]) == pytest.approx(float(full["recon_loss"]), rel=1e-5)
   assert float(optax.tree.norm(full_grads["encoder"])) > 0  # the unfrozen model does train its encoder
   with pytest.raises(ValueError, match="as many levels"):
     vq.VQGANTask(make_config(decoder_channel_multipliers=(1, 2, 2))).init(key(0))

@@ -57,6 +57,9 @@ class CLIPVisionConfig:
   layer_norm_eps: float = 1e-5
   initializer_range: float = 0.02
   initializer_factor: float = 1.0
+  # Not in HF: widths of stride-2 3x3 conv layers before a (patch_size / 2**len) patch embedding, a convolutional
+  # stem (Xiao et al. 2021, "Early Convolutions Help Transformers See Better"); () = HF's patchify stem.
+  conv_stem: tuple[int, ...] = ()
 
   @property
   def num_patches(self) -> int:
@@ -77,13 +80,15 @@ class CLIPConfig:
     """Builds from a parsed HF `config.json` of a `CLIPModel` (missing keys take HF defaults)."""
     def sub(klass, raw):
       names = {f.name for f in dataclasses.fields(klass)}
-      return klass(**{k: v for k, v in (raw or {}).items() if k in names})
+      return klass(**{k: tuple(v) if isinstance(v, list) else v for k, v in (raw or {}).items() if k in names})
     top = {k: d[k] for k in ("projection_dim", "logit_scale_init_value", "initializer_factor") if k in d}
     return cls(text=sub(CLIPTextConfig, d.get("text_config")), vision=sub(CLIPVisionConfig, d.get("vision_config")),
                **top)
 
   def to_hf_dict(self) -> dict[str, Any]:
     """The `config.json` transformers' `CLIPModel.from_pretrained` reads."""
+    if self.vision.conv_stem:
+      raise ValueError("a CLIP with a conv_stem has no Hugging Face equivalent; export one with conv_stem=().")
     text = dict(dataclasses.asdict(self.text), model_type="clip_text_model", projection_dim=self.projection_dim)
     vision = dict(dataclasses.asdict(self.vision), model_type="clip_vision_model",
                   projection_dim=self.projection_dim)
@@ -94,14 +99,14 @@ class CLIPConfig:
   @classmethod
   def tiny(cls, vocab_size: int = 100, hidden: int = 32, layers: int = 2, heads: int = 4, image_size: int = 32,
            patch_size: int = 8, projection_dim: int = 16, max_len: int = 16, eos_token_id: int = 1,
-           hidden_act: str = "quick_gelu") -> "CLIPConfig":
+           hidden_act: str = "quick_gelu", conv_stem: tuple[int, ...] = ()) -> "CLIPConfig":
     """A small config for tests and the ShapeStyle world."""
     text = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=4 * hidden,
                           num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=max_len,
                           hidden_act=hidden_act, pad_token_id=2, bos_token_id=0, eos_token_id=eos_token_id)
     vision = CLIPVisionConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
                               num_attention_heads=heads, image_size=image_size, patch_size=patch_size,
-                              hidden_act=hidden_act)
+                              hidden_act=hidden_act, conv_stem=tuple(conv_stem))
     return cls(text=text, vision=vision, projection_dim=projection_dim)
 
 
@@ -264,9 +269,19 @@ class CLIPVisionEmbeddings(nn.Module):
       raise ValueError(f"image size {pixels.shape[1:3]} does not match the model's {c.image_size}x{c.image_size}; "
                        "resize with stylejax.models.clip.preprocess_images.")
     d, p, f = c.hidden_size, c.patch_size, c.initializer_factor
+    if p % 2 ** len(c.conv_stem):
+      raise ValueError(f"patch_size {p} is not divisible by 2**{len(c.conv_stem)} (one stride 2 per conv_stem "
+                       "layer); use fewer stem layers or a larger patch.")
+    x = pixels
+    for i, width in enumerate(c.conv_stem):  # conv -> LayerNorm -> ReLU, stride 2 (Xiao et al. 2021)
+      x = nn.Conv(width, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
+                  param_dtype=self.param_dtype, name=f"stem_{i}",
+                  kernel_init=_init(nn.initializers.he_normal(), (None, None, "conv_in", "conv_out")))(x)
+      x = nn.relu(_layer_norm(c.layer_norm_eps, f"stem_norm_{i}", self.dtype, self.param_dtype)(x))
+    p //= 2 ** len(c.conv_stem)
     patches = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", use_bias=False, dtype=self.dtype,
                       param_dtype=self.param_dtype, name="patch_embedding",
-                      kernel_init=_init(_normal(c.initializer_range * f), (None, None, "conv_in", "embed")))(pixels)
+                      kernel_init=_init(_normal(c.initializer_range * f), (None, None, "conv_in", "embed")))(x)
     b = patches.shape[0]
     patches = patches.reshape(b, -1, d)  # row-major over the grid, like HF's flatten(2)
     cls = self.param("class_embedding", _init(_normal(d ** -0.5 * f), ("embed",)), (d,), self.param_dtype)

@@ -87,13 +87,13 @@ def get_tokenizer(path: str = "") -> text_tokenizer.TextTokenizer:
 
 def clip_config(model: Mapping[str, Any], tokenizer: text_tokenizer.TextTokenizer) -> clip.CLIPConfig:
   """A config's `model` section (hidden, layers, heads, image_size, patch_size, projection_dim,
-  hidden_act) + the tokenizer (vocab, max_len, EOS id) -> CLIPConfig."""
+  hidden_act, conv_stem) + the tokenizer (vocab, max_len, EOS id) -> CLIPConfig."""
   vocab = -(-tokenizer.vocab_size // _VOCAB_MULTIPLE) * _VOCAB_MULTIPLE
   return clip.CLIPConfig.tiny(
       vocab_size=vocab, hidden=int(model["hidden"]), layers=int(model["layers"]), heads=int(model["heads"]),
       image_size=int(model["image_size"]), patch_size=int(model["patch_size"]),
       projection_dim=int(model["projection_dim"]), max_len=tokenizer.max_len, eos_token_id=tokenizer.eos_id,
-      hidden_act=str(model.get("hidden_act", "quick_gelu")))
+      hidden_act=str(model.get("hidden_act", "quick_gelu")), conv_stem=tuple(model.get("conv_stem", ())))
 
 
 def to_unit_range(images: jax.Array) -> jax.Array:
@@ -264,9 +264,14 @@ class CLIPTask(Task):
       return cfg.num_hidden_layers * per_layer + 2 * d * c.projection_dim
 
     v = c.vision
-    patches = v.num_patches
+    patches, size, channels, stem = v.num_patches, v.image_size, v.num_channels, 0.0
+    for width in v.conv_stem:  # stride-2 3x3 convs
+      size //= 2
+      stem += 2 * size * size * 9 * channels * width
+      channels = width
+    kernel = v.patch_size // 2 ** len(v.conv_stem)
     forward = (tower(c.text, c.text.max_position_embeddings) + tower(v, patches + 1)
-               + 2 * patches * v.patch_size ** 2 * v.num_channels * v.hidden_size
+               + stem + 2 * patches * kernel ** 2 * channels * v.hidden_size
                + 4 * self.config.batch_size * c.projection_dim)  # this pair's row and column of the logits
     return 3.0 * forward
 
