@@ -92,13 +92,19 @@ def test_captioned_source():
 
 def test_hard_negative_captions_and_loss():
   tok = clip_task.default_tokenizer()
-  src = clip_task.CaptionedShapeStyleSource(tok, image_size=32, num_examples=50, hard_negatives=True)
-  for i in range(20):
-    ex = src[i]
-    (pos, neg) = tok.decode(np.stack([ex["ids"], ex["negative_ids"]]))
-    (c_pos, d_pos), (c_neg, d_neg) = ss.parse_caption(pos), ss.parse_caption(neg)
-    assert d_pos == d_neg and c_neg.shape != c_pos.shape  # only the shape word differs
-    assert (c_neg.color, c_neg.count) == (c_pos.color, c_pos.count)
+  for n in (True, 3, len(ss.SHAPES) - 1):
+    src = clip_task.CaptionedShapeStyleSource(tok, image_size=32, num_examples=50, hard_negatives=n)
+    for i in range(10):
+      ex = src[i]
+      assert ex["negative_ids"].shape == (int(n), len(ex["ids"]))
+      pos, *negs = tok.decode(np.concatenate([ex["ids"][None], ex["negative_ids"]]))
+      (c_pos, d_pos) = ss.parse_caption(pos)
+      parsed = [ss.parse_caption(neg) for neg in negs]
+      assert len({c.shape for c, _ in parsed} | {c_pos.shape}) == int(n) + 1  # distinct other shapes
+      for c_neg, d_neg in parsed:  # only the shape word differs
+        assert d_pos == d_neg and (c_neg.color, c_neg.count) == (c_pos.color, c_pos.count)
+  with pytest.raises(ValueError, match="hard_negatives"):
+    clip_task.CaptionedShapeStyleSource(tok, hard_negatives=len(ss.SHAPES))
   # A hard negative joins the image->text softmax: scoring it above the true caption raises the loss
   # by exactly the image-side cross-entropy term, and one that equals the caption counts as positive.
   logits = jnp.asarray(np.where(np.eye(3), 5.0, 0.0), jnp.float32)

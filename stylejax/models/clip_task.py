@@ -14,9 +14,9 @@ Task: `CLIPTask` trains `stylejax.models.clip.CLIPModel` with CLIP's symmetric I
 style") or, with probability `content_caption_fraction`, the content caption alone, so content-only
 prompts (CLIP-T, Muse conditioning) land near every rendering of that content; plain images always
 get the content caption. Identical captions in a batch are all positives (`multi_positive_clip_loss`).
-With `hard_negatives` each image also brings its own caption with the shape word swapped for another
-shape (NegCLIP, Yuksekgonul et al. 2023): in-batch negatives almost always differ in color or count
-already, so without them the towers barely learn shape.
+With `hard_negatives` = N each image also brings its own caption with the shape word swapped for N
+other shapes (NegCLIP, Yuksekgonul et al. 2023): in-batch negatives almost always differ in color or
+count already, so without them the towers barely learn shape.
 """
 from __future__ import annotations
 
@@ -120,8 +120,8 @@ def multi_positive_clip_loss(logits_per_text: jax.Array, same: jax.Array,
 
   logits_per_text [B, B] (text i vs image j); same [B, B] bool, symmetric with a true diagonal. The
   target of each row is uniform over its positives; with `same` = identity this is `clip.clip_loss`.
-  NegCLIP: `negative_logits_per_image` [B, N] (image i vs extra hard-negative captions) join the
-  image->text softmax only; `same_negative` [B, N] marks any that equal image i's caption.
+  NegCLIP: `negative_logits_per_image` [B, M] (image i vs extra hard-negative captions) join the
+  image->text softmax only; `same_negative` [B, M] marks any that equal image i's caption.
   """
   per_image, positives = logits_per_text.T, same
   if negative_logits_per_image is not None:
@@ -144,14 +144,16 @@ class CaptionedShapeStyleSource:
   def __init__(self, tokenizer: text_tokenizer.TextTokenizer, split: str = "train", image_size: int = 64,
                seed: int = 0, num_examples: int = 100_000, styles: Any = "named+plain",
                plain_fraction: float | None = None, content_caption_fraction: float = 0.25,
-               hard_negatives: bool = False):
+               hard_negatives: int = 0):
     if not 0.0 <= content_caption_fraction <= 1.0:
       raise ValueError(f"content_caption_fraction={content_caption_fraction}; use a value in [0, 1].")
     self.images = ss.ShapeStyleSource(split=split, image_size=image_size, seed=seed, styles=styles,
                                       num_examples=num_examples, plain_fraction=plain_fraction)
     self.tokenizer, self.seed, self.split_id = tokenizer, int(seed), _SPLIT_IDS[split]
     self.content_caption_fraction = float(content_caption_fraction)
-    self.hard_negatives = bool(hard_negatives)
+    self.hard_negatives = int(hard_negatives)  # True -> 1
+    if not 0 <= self.hard_negatives < len(ss.SHAPES):
+      raise ValueError(f"hard_negatives={hard_negatives}; use 0 to {len(ss.SHAPES) - 1} shape-swapped captions.")
     self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
   def __len__(self) -> int:
@@ -164,14 +166,15 @@ class CaptionedShapeStyleSource:
       return str(example["content_caption"])
     return str(example["caption"])
 
-  def negative_caption(self, example: Mapping[str, Any], caption: str, index: int) -> str:
-    """`caption` with the example's shape swapped for another shape (same color, count and style)."""
+  def negative_captions(self, example: Mapping[str, Any], caption: str, index: int) -> list[str]:
+    """`caption` with the example's shape swapped for `hard_negatives` distinct other shapes (same color,
+    count and style)."""
     rng = np.random.default_rng([self.seed, self.split_id, int(index), 0x4E6])
     shape = int(example["shape"])
-    other = (shape + 1 + int(rng.integers(len(ss.SHAPES) - 1))) % len(ss.SHAPES)
     content = ss.Content(shape, int(example["color"]), int(example["count"]))
-    swapped = ss.Content(other, content.color, content.count)
-    return caption.replace(content.caption, swapped.caption, 1)
+    others = (shape + 1 + rng.permutation(len(ss.SHAPES) - 1)[:self.hard_negatives]) % len(ss.SHAPES)
+    return [caption.replace(content.caption, ss.Content(int(o), content.color, content.count).caption, 1)
+            for o in others]
 
   def encode(self, caption: str) -> tuple[np.ndarray, np.ndarray]:
     if caption not in self._cache:
@@ -184,8 +187,9 @@ class CaptionedShapeStyleSource:
     caption = self.caption(ex, int(ex["index"]))
     ids, mask = self.encode(caption)
     out = {"image": ex["image"], "ids": ids, "mask": mask}
-    if self.hard_negatives:
-      out["negative_ids"], out["negative_mask"] = self.encode(self.negative_caption(ex, caption, int(ex["index"])))
+    if self.hard_negatives:  # [N, L]
+      negatives = [self.encode(c) for c in self.negative_captions(ex, caption, int(ex["index"]))]
+      out["negative_ids"], out["negative_mask"] = (np.stack(x) for x in zip(*negatives))
     return out
 
 
@@ -199,7 +203,8 @@ class CLIPTask(Task):
   config.model: hidden, layers, heads, image_size (CLIP input; images are resized to it), patch_size,
     projection_dim, hidden_act, max_logit_scale (CLIP clamps exp(t) at 100), tokenizer ("" = shipped).
   config.data: image_size, seed, num_examples, styles, plain_fraction (None = uniform over styles),
-    content_caption_fraction, hard_negatives (NegCLIP shape-swapped captions; default off).
+    content_caption_fraction, hard_negatives (NegCLIP: this many shape-swapped captions per image, 0 to
+    len(SHAPES) - 1, each a negative for every image in the batch; True = 1; default 0).
   Logged: loss, retrieval_i2t_top1 / retrieval_t2i_top1 (in-batch top-1, a hit when the retrieved
   caption equals the true one), logit_scale.
   """
@@ -218,9 +223,9 @@ class CLIPTask(Task):
     pixels = clip.preprocess_images(to_unit_range(batch["image"]), self.clip_config.vision.image_size)
     ids, mask = batch["ids"], batch["mask"]
     b, negatives = ids.shape[0], "negative_ids" in batch
-    if negatives:  # one text-tower call over [captions; hard negatives]
-      ids = jnp.concatenate([ids, batch["negative_ids"]])
-      mask = jnp.concatenate([mask, batch["negative_mask"]])
+    if negatives:  # one text-tower call over [captions; hard negatives [B * N, L]]
+      ids = jnp.concatenate([ids, batch["negative_ids"].reshape(-1, ids.shape[1])])
+      mask = jnp.concatenate([mask, batch["negative_mask"].reshape(-1, ids.shape[1])])
 
     def features(m: clip.CLIPModel):
       return m.get_text_features(ids, mask), m.get_image_features(pixels)
@@ -237,7 +242,7 @@ class CLIPTask(Task):
     logits_per_text = scale * txt @ img.T
     same = jnp.all(ids[:, None, :] == ids[None, :, :], axis=-1)  # [B, B] identical captions
     if negatives:
-      same_negative = jnp.all(ids[:, None, :] == neg_ids[None, :, :], axis=-1)  # [B, B]
+      same_negative = jnp.all(ids[:, None, :] == neg_ids[None, :, :], axis=-1)  # [B, B * N]
       loss = multi_positive_clip_loss(logits_per_text, same, scale * img @ neg_txt.T, same_negative)
     else:
       loss = multi_positive_clip_loss(logits_per_text, same)
@@ -252,7 +257,7 @@ class CLIPTask(Task):
         self.tokenizer, split=split, image_size=size, seed=int(d.seed), num_examples=int(d.num_examples),
         styles=d.get("styles", "named+plain"), plain_fraction=d.get("plain_fraction", None),
         content_caption_fraction=float(d.get("content_caption_fraction", 0.25)),
-        hard_negatives=bool(d.get("hard_negatives", False)))
+        hard_negatives=int(d.get("hard_negatives", 0)))
 
   def flops_per_example(self) -> float:
     """Training FLOPs of one (image, caption) pair: 3x the forward matmuls of both towers."""
