@@ -169,9 +169,13 @@ STAGES = {
            ("--config.total_steps=6000", "--config.checkpoint.every=1000")),
     # The shipped CLIP: 6000 more steps on the vision tower alone (the text tower, which conditions both
     # bases, frozen and bit-identical): zero-shot shape accuracy (named, n = 200) 0.25 -> 0.44, and a
-    # linear probe of its image embeddings 0.21 -> 0.40 (README).
+    # linear probe of its image embeddings 0.21 -> 0.40; then the vision tower's patchify stem replaced by
+    # a conv stem (fresh; the transformer warm) and 6000 more steps, text tower still frozen (README).
     "clip": ((), ("--config.total_steps=6000", "--config.optimizer.lr=5e-4",
-                  '--config.optimizer.freeze=("^text_",)')),
+                  '--config.optimizer.freeze=("^text_",)'),
+             ("--config.model.conv_stem=[32,64,128]", '--config.init_from.dont_load=["patch_embedding"]',
+              "--config.total_steps=6000", "--config.optimizer.lr=1e-3", "--config.checkpoint.every=500",
+              '--config.optimizer.freeze=("^text_",)')),
 }
 
 # After its stages, the shipped tokenizer's codebook is merged to this many codes (usage-weighted k-means,
