@@ -67,7 +67,7 @@ def _clip(c: ml_collections.ConfigDict, runlocal: bool) -> None:
   c.model = ml_collections.ConfigDict(dict(
       hidden=128, layers=4, heads=4, image_size=64, patch_size=8, projection_dim=64,
       hidden_act="quick_gelu", max_logit_scale=100.0,
-      conv_stem=[],  # e.g. [24, 48, 96]: stride-2 conv layers before the patch embedding (clip.CLIPVisionConfig)
+      conv_stem=[],  # e.g. [32, 64, 128] (shipped, STAGES): stride-2 convs before the patch embedding (clip.py)
       tokenizer=""))  # "" = the shipped stylejax/assets/shapestyle_bpe.json
   c.data = ml_collections.ConfigDict(dict(
       image_size=64, seed=0, num_examples=1_000_000, styles="named+plain",
