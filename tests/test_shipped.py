@@ -164,7 +164,8 @@ def test_init_from_dont_load_keeps_a_resized_decoder_fresh(assets):
       "model.decoder_channel_multipliers": "[1,2,4,4]", "model.decoder_res_blocks": "2"})
   fresh = {"params": nn.meta.unbox(jax.jit(load_task(config).init)(jax.random.key(0)))}
   got = shipped.flatten_params(trainer._init_from(fresh, runs["tokenizer"], ("^decoder/",))["params"])
-  want, init = shipped.flatten_params(trainer.load_params(runs["tokenizer"])[1]), shipped.flatten_params(fresh["params"])
+  want = shipped.flatten_params(trainer.load_params(runs["tokenizer"])[1])
+  init = shipped.flatten_params(fresh["params"])
   assert got.keys() == init.keys()
   for k in got:
     np.testing.assert_array_equal(got[k], init[k] if k.startswith("decoder/") else want[k])
