@@ -121,6 +121,27 @@ def test_hard_negative_captions_and_loss():
   assert float(all_pos) < float(with_neg)
 
 
+def test_random_style_images_get_content_captions_and_never_an_eval_style():
+  tok = clip_task.default_tokenizer()
+  kw = dict(image_size=32, num_examples=40)
+  off = clip_task.CaptionedShapeStyleSource(tok, **kw)
+  for i in range(5):  # fraction 0 leaves the named/plain stream untouched
+    np.testing.assert_array_equal(off[i]["image"], off.images[i]["image"])
+  src = clip_task.CaptionedShapeStyleSource(tok, random_style_fraction=1.0, **kw)
+  evals = {tuple(ss.heldout_style(k).vector()) for k in range(40)}
+  for i in range(40):
+    ex = src.example(i)
+    assert int(ex["style_id"]) >= ss.HELDOUT_ID_OFFSET and tuple(ex["style_params"]) not in evals
+    assert src.caption(ex, i) == str(ex["content_caption"]) != str(ex["caption"])
+    assert tok.decode(src[i]["ids"][None])[0] == str(ex["content_caption"])
+  np.testing.assert_array_equal(src[-1]["image"], src[39]["image"])  # deterministic, negative index
+  assert len({tuple(src.example(i)["style_params"]) for i in range(40)}) == 40  # a fresh style each
+  half = clip_task.CaptionedShapeStyleSource(tok, random_style_fraction=0.5, **kw)
+  assert 10 < sum(int(half.example(i)["style_id"]) >= ss.HELDOUT_ID_OFFSET for i in range(40)) < 30
+  with pytest.raises(ValueError, match="random_style_fraction"):
+    clip_task.CaptionedShapeStyleSource(tok, random_style_fraction=1.5)
+
+
 # ------------------------------------------------------------------------------------ learning
 def test_contrastive_training_learns_in_batch_retrieval():
   """The runlocal CLIP memorises a fixed batch of 16 pairs: retrieval goes from chance (1/16) to most."""

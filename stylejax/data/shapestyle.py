@@ -76,6 +76,15 @@ class Content:
     return f"{COUNT_WORDS[self.count - 1]} {COLORS[self.color]} {noun}"
 
 
+def random_content(rng: np.random.Generator, avoid_shape: int | None = None) -> Content:
+  """A uniform content (shape, color, count drawn in that order); with `avoid_shape`, the shape is
+  redrawn uniformly among the other shapes."""
+  shape = int(rng.integers(len(SHAPES)))
+  if avoid_shape is not None:
+    shape = (avoid_shape + 1 + int(rng.integers(len(SHAPES) - 1))) % len(SHAPES)
+  return Content(shape, int(rng.integers(len(COLORS))), int(rng.integers(1, MAX_COUNT + 1)))
+
+
 def all_contents() -> list[Content]:
   """Every (shape, color, count) of the world, in a fixed order."""
   return [Content(s, c, n) for s in range(len(SHAPES)) for c in range(len(COLORS)) for n in range(1, MAX_COUNT + 1)]
@@ -322,6 +331,13 @@ def heldout_style(k: int, seed: int = 0) -> Style:
     far = np.min(np.linalg.norm(_NAMED_VECTORS - style.vector(), axis=-1)) >= _MIN_HELDOUT_DISTANCE
     if far and style.descriptor not in named_descriptors:
       return style
+
+
+def training_style(index: int, stream: int, seed: int = 0, split_id: int = 0) -> Style:
+  """A fresh held-out-family style for training example `index`: `heldout_style(index)` on seed
+  `stream + 2 * seed + split_id` (split_id 0 train, 1 test). Each training source passes its own
+  `stream` (far from 0), so these never equal an eval held-out style (seed 0)."""
+  return heldout_style(index, seed=stream + 2 * int(seed) + int(split_id))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -733,8 +749,7 @@ class ShapeStyleSource:
     rng = np.random.default_rng([self.seed, _SPLITS[self.split], index])
     want_heldout = self.split == "heldout_prompts"
     while True:  # rejection sampling; deterministic in (seed, split, index)
-      content = Content(int(rng.integers(len(SHAPES))), int(rng.integers(len(COLORS))),
-                        int(rng.integers(1, MAX_COUNT + 1)))
+      content = random_content(rng)
       style = self._pick_style(rng)
       if self.split == "test" or is_heldout_prompt(content, style, self.heldout_prompts) == want_heldout:
         break

@@ -29,8 +29,7 @@ def _examples(n: int, styles: list[ss.Style], seed: int, image_size: int = 64
   rng = np.random.default_rng([seed, 0xE7A1])
   images, labels, used = [], {h: [] for h in HEADS}, []
   for i in range(n):
-    content = ss.Content(int(rng.integers(len(ss.SHAPES))), int(rng.integers(len(ss.COLORS))),
-                         int(rng.integers(1, ss.MAX_COUNT + 1)))
+    content = ss.random_content(rng)
     style = styles[i % len(styles)]
     images.append(ss.render(content, style, image_size, rng)[0])
     for h in HEADS:
@@ -117,8 +116,7 @@ def text_to_image(generate, image_size: int, heldout_fraction: float, scorers, p
   for name, styles in (("plain", [ss.PLAIN_STYLE]), ("named", list(ss.NAMED_STYLES))):
     prompts, contents, chosen = [], [], []
     while len(prompts) < prompts_per_set:
-      c = ss.Content(int(rng.integers(len(ss.SHAPES))), int(rng.integers(len(ss.COLORS))),
-                     int(rng.integers(1, ss.MAX_COUNT + 1)))
+      c = ss.random_content(rng)
       s = styles[int(rng.integers(len(styles)))]
       if ss.is_heldout_prompt(c, s, frac):
         prompts.append(ss.caption_for(c, s))

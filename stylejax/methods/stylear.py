@@ -64,14 +64,6 @@ def parse_mix(mix: Any) -> tuple[int, int]:
   return a, b
 
 
-def random_content(rng: np.random.Generator, avoid_shape: int | None = None) -> ss.Content:
-  """A uniform ShapeStyle content; with `avoid_shape`, one whose shape differs from it."""
-  shape = int(rng.integers(len(ss.SHAPES)))
-  if avoid_shape is not None:
-    shape = (avoid_shape + 1 + int(rng.integers(len(ss.SHAPES) - 1))) % len(ss.SHAPES)
-  return ss.Content(shape, int(rng.integers(len(ss.COLORS))), int(rng.integers(1, ss.MAX_COUNT + 1)))
-
-
 def reference(content: ss.Content, style: ss.Style, image_size: int, seed: Any) -> tuple[np.ndarray, np.ndarray]:
   """(style reference image, its content image): the same content and layout drawn in `style` and
   in the plain style (the patch-aligned f_content of StyleAR's content subtraction)."""
@@ -111,14 +103,14 @@ class StyleARPairs:
     if rng.random() >= self.stylized_prob:
       return ss.PLAIN_STYLE
     if rng.random() < self.random_style_fraction:
-      return ss.heldout_style(index, seed=TRAIN_STYLE_SEED + 2 * self.seed + self.split_id)
+      return ss.training_style(index, TRAIN_STYLE_SEED, self.seed, self.split_id)
     return ss.NAMED_STYLES[int(rng.integers(len(ss.NAMED_STYLES)))]
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     index = int(index) % self.num_examples
     rng = np.random.default_rng([self.seed, self.split_id, index, 0x57A])
     style = self.style(rng, index)
-    content = random_content(rng)
+    content = ss.random_content(rng)
     image, mask = ss.render(content, style, self.image_size, rng)
     caption = content.caption
     if caption not in self._captions:
@@ -287,12 +279,12 @@ def evaluate(workdir: str | ARImagePipeline, scorers: Any, num_styles: int = 10,
   protocol = M.evaluation_protocol(styles, range(prompts_per_style), samples, seed)
   refs, plains, ref_contents = [], [], []
   for k, style in enumerate(styles):
-    content = random_content(np.random.default_rng([seed, k, 0x5EF]))
+    content = ss.random_content(np.random.default_rng([seed, k, 0x5EF]))
     image, plain = reference(content, style, size, [seed, k, 0x5EE])
     refs.append(image)
     plains.append(plain)
     ref_contents.append(content)
-  prompt_of = {(k, j): random_content(np.random.default_rng([seed, k, j, 0x9A]), ref_contents[k].shape)
+  prompt_of = {(k, j): ss.random_content(np.random.default_rng([seed, k, j, 0x9A]), ref_contents[k].shape)
                for k in range(num_styles) for j in range(prompts_per_style)}
   jobs = protocol.jobs()
   contents = [prompt_of[(j.style_index, j.prompt_index)] for j in jobs]
@@ -381,10 +373,10 @@ def build_dpo_pairs(workdir: str | ARImagePipeline, scorers: Any, out_path: str,
   for n in range(num_prompts):
     style = (ss.heldout_style(n, seed=DPO_STYLE_SEED + seed) if rng.random() < 0.5
              else ss.NAMED_STYLES[int(rng.integers(len(ss.NAMED_STYLES)))])
-    ref_content = random_content(rng)
+    ref_content = ss.random_content(rng)
     refs.append(reference(ref_content, style, size, [seed, n, 0xD91])[0])
     ref_shapes.append(ref_content.shape)
-    contents.append(random_content(rng, ref_content.shape))
+    contents.append(ss.random_content(rng, ref_content.shape))
   texts = [c.caption for c in contents]
   rows = np.repeat(np.arange(num_prompts), k)
   seeds = [int(np.random.SeedSequence([seed, n, j, 0xD92]).generate_state(1)[0]) for n in range(num_prompts)

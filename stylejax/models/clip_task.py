@@ -16,7 +16,9 @@ prompts (CLIP-T, Muse conditioning) land near every rendering of that content; p
 get the content caption. Identical captions in a batch are all positives (`multi_positive_clip_loss`).
 With `hard_negatives` = N each image also brings its own caption with the shape word swapped for N
 other shapes (NegCLIP, Yuksekgonul et al. 2023): in-batch negatives almost always differ in color or
-count already, so without them the towers barely learn shape.
+count already, so without them the towers barely learn shape. With `random_style_fraction` > 0 that
+share of images is drawn in fresh held-out-family styles (as the scorers train) and captioned by
+content alone, so shape is learned across styles CLIP has no words for.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ TOKENIZER_VOCAB_SIZE = 512
 TOKENIZER_MAX_LEN = 48
 _VOCAB_MULTIPLE = 128  # model vocab rows are padded so a 'tensor' mesh axis divides them
 _SPLIT_IDS = {"train": 0, "test": 1}
+_TRAIN_STYLE_STREAM = 0xC11_0000  # `ss.training_style` stream of CLIP's fresh training styles
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,13 +147,16 @@ class CaptionedShapeStyleSource:
   def __init__(self, tokenizer: text_tokenizer.TextTokenizer, split: str = "train", image_size: int = 64,
                seed: int = 0, num_examples: int = 100_000, styles: Any = "named+plain",
                plain_fraction: float | None = None, content_caption_fraction: float = 0.25,
-               hard_negatives: int = 0):
-    if not 0.0 <= content_caption_fraction <= 1.0:
-      raise ValueError(f"content_caption_fraction={content_caption_fraction}; use a value in [0, 1].")
+               hard_negatives: int = 0, random_style_fraction: float = 0.0):
+    for name, value in (("content_caption_fraction", content_caption_fraction),
+                        ("random_style_fraction", random_style_fraction)):
+      if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}={value}; use a value in [0, 1].")
     self.images = ss.ShapeStyleSource(split=split, image_size=image_size, seed=seed, styles=styles,
                                       num_examples=num_examples, plain_fraction=plain_fraction)
     self.tokenizer, self.seed, self.split_id = tokenizer, int(seed), _SPLIT_IDS[split]
     self.content_caption_fraction = float(content_caption_fraction)
+    self.random_style_fraction = float(random_style_fraction)
     self.hard_negatives = int(hard_negatives)  # True -> 1
     if not 0 <= self.hard_negatives < len(ss.SHAPES):
       raise ValueError(f"hard_negatives={hard_negatives}; use 0 to {len(ss.SHAPES) - 1} shape-swapped captions.")
@@ -162,6 +168,8 @@ class CaptionedShapeStyleSource:
   def caption(self, example: Mapping[str, Any], index: int) -> str:
     """The caption example `index` trains with."""
     rng = np.random.default_rng([self.seed, self.split_id, int(index), 0xC11])
+    if int(example["style_id"]) >= ss.HELDOUT_ID_OFFSET:  # a fresh style has no in-world words
+      return str(example["content_caption"])
     if str(example["style_descriptor"]) and rng.random() < self.content_caption_fraction:
       return str(example["content_caption"])
     return str(example["caption"])
@@ -182,8 +190,18 @@ class CaptionedShapeStyleSource:
       self._cache[caption] = (ids[0], mask[0])
     return self._cache[caption]
 
+  def example(self, index: int) -> dict[str, Any]:
+    """`ShapeStyleSource` example `index`, or with probability `random_style_fraction` a random content
+    in a fresh held-out-family style (`ss.training_style`; never an eval held-out style)."""
+    index = range(len(self))[int(index)]
+    rng = np.random.default_rng([self.seed, self.split_id, index, 0x5A7])
+    if rng.random() >= self.random_style_fraction:
+      return self.images[index]
+    style = ss.training_style(index, _TRAIN_STYLE_STREAM, self.seed, self.split_id)
+    return ss.make_example(ss.random_content(rng), style, self.images.image_size, rng, index=index)
+
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    ex = self.images[index]
+    ex = self.example(index)
     caption = self.caption(ex, int(ex["index"]))
     ids, mask = self.encode(caption)
     out = {"image": ex["image"], "ids": ids, "mask": mask}
@@ -204,7 +222,9 @@ class CLIPTask(Task):
     projection_dim, hidden_act, max_logit_scale (CLIP clamps exp(t) at 100), tokenizer ("" = shipped).
   config.data: image_size, seed, num_examples, styles, plain_fraction (None = uniform over styles),
     content_caption_fraction, hard_negatives (NegCLIP: this many shape-swapped captions per image, 0 to
-    len(SHAPES) - 1, each a negative for every image in the batch; True = 1; default 0).
+    len(SHAPES) - 1, each a negative for every image in the batch; True = 1; default 0),
+    random_style_fraction (this share of images in fresh held-out-family styles, content captions;
+    default 0).
   Logged: loss, retrieval_i2t_top1 / retrieval_t2i_top1 (in-batch top-1, a hit when the retrieved
   caption equals the true one), logit_scale.
   """
@@ -257,7 +277,8 @@ class CLIPTask(Task):
         self.tokenizer, split=split, image_size=size, seed=int(d.seed), num_examples=int(d.num_examples),
         styles=d.get("styles", "named+plain"), plain_fraction=d.get("plain_fraction", None),
         content_caption_fraction=float(d.get("content_caption_fraction", 0.25)),
-        hard_negatives=int(d.get("hard_negatives", 0)))
+        hard_negatives=int(d.get("hard_negatives", 0)),
+        random_style_fraction=float(d.get("random_style_fraction", 0.0)))
 
   def flops_per_example(self) -> float:
     """Training FLOPs of one (image, caption) pair: 3x the forward matmuls of both towers."""

@@ -32,7 +32,7 @@ Dtype = Any
 HEADS = {"shape": len(ss.SHAPES), "color": len(ss.COLORS), "count": ss.MAX_COUNT}
 # Fresh random training styles get unique labels above every in-world id (held-out ids are 1000 + k).
 RANDOM_STYLE_LABEL_OFFSET = 1_000_000
-# `heldout_style(k, seed)` seeds for training styles; the eval held-out styles use seed 0.
+# `ss.training_style` stream of the scorers' fresh training styles.
 _TRAIN_STYLE_SEED = 0x5C0_0000
 _SPLIT_IDS = {"train": 0, "test": 1}
 FORMAT = "stylejax-scorers-v1"
@@ -208,16 +208,11 @@ def _split_id(split: str) -> int:
   return _SPLIT_IDS[split]
 
 
-def _random_content(rng: np.random.Generator) -> ss.Content:
-  return ss.Content(int(rng.integers(len(ss.SHAPES))), int(rng.integers(len(ss.COLORS))),
-                    int(rng.integers(1, ss.MAX_COUNT + 1)))
-
-
 class _TrainingStyles:
   """Draws a style per example: a fresh random style with prob `random_fraction`, else named or plain.
 
-  Fresh styles come from `heldout_style(index, seed=...)` on a seed disjoint from the eval held-out
-  styles (seed 0), one per (seed, split, index): unlimited styles of the held-out family.
+  Fresh styles come from `ss.training_style` (never an eval held-out style), one per (seed, split,
+  index): unlimited styles of the held-out family.
   """
 
   def __init__(self, split: str, seed: int, random_fraction: float, include_plain: bool):
@@ -225,11 +220,11 @@ class _TrainingStyles:
       raise ValueError(f"random_style_fraction={random_fraction}; use a value in [0, 1].")
     self.random_fraction = random_fraction
     self.pool = list(ss.NAMED_STYLES) + ([ss.PLAIN_STYLE] if include_plain else [])
-    self.style_seed = _TRAIN_STYLE_SEED + 2 * int(seed) + _split_id(split)
+    self.seed, self.split_id = int(seed), _split_id(split)
 
   def __call__(self, rng: np.random.Generator, index: int) -> tuple[ss.Style, int]:
     if rng.random() < self.random_fraction or not self.pool:
-      return ss.heldout_style(index, seed=self.style_seed), RANDOM_STYLE_LABEL_OFFSET + index
+      return ss.training_style(index, _TRAIN_STYLE_SEED, self.seed, self.split_id), RANDOM_STYLE_LABEL_OFFSET + index
     style = self.pool[int(rng.integers(len(self.pool)))]
     return style, style.id
 
@@ -256,7 +251,7 @@ class ContentSource(_ScorerSource):
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     index = int(index) % self.num_examples
     rng = np.random.default_rng([self.seed, self.split_id, index, 0xC0])
-    content = _random_content(rng)
+    content = ss.random_content(rng)
     style, label = self.styles(rng, index)
     image, _ = ss.render(content, style, self.image_size, rng)
     return {"image": image, "shape": np.int32(content.shape), "color": np.int32(content.color),
@@ -273,7 +268,7 @@ class StylePairSource(_ScorerSource):
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     index = int(index) % self.num_examples
     rng = np.random.default_rng([self.seed, self.split_id, index, 0x57])
-    a = _random_content(rng)
+    a = ss.random_content(rng)
     shape = (a.shape + int(rng.integers(1, len(ss.SHAPES)))) % len(ss.SHAPES)
     color = (a.color + int(rng.integers(1, len(ss.COLORS)))) % len(ss.COLORS)
     b = ss.Content(shape, color, int(rng.integers(1, ss.MAX_COUNT + 1)))
