@@ -171,12 +171,17 @@ STAGES = {
     # The shipped CLIP: 6000 more steps on the vision tower alone (the text tower, which conditions both
     # bases, frozen and bit-identical): zero-shot shape accuracy (named, n = 200) 0.25 -> 0.44, and a
     # linear probe of its image embeddings 0.21 -> 0.40; then the vision tower's patchify stem replaced by
-    # a conv stem (fresh; the transformer warm) and 6000 more steps, text tower still frozen (README).
+    # a conv stem (fresh; the transformer warm) and 6000 more steps, text tower still frozen; then 4000
+    # more with 30% of images in fresh held-out-family styles (content captions) and the text projection
+    # trainable (the bases read the text tower's hidden states, not its projection) (README).
     "clip": ((), ("--config.total_steps=6000", "--config.optimizer.lr=5e-4",
                   '--config.optimizer.freeze=("^text_",)'),
              ("--config.model.conv_stem=[32,64,128]", '--config.init_from.dont_load=["patch_embedding"]',
               "--config.total_steps=6000", "--config.optimizer.lr=1e-3", "--config.checkpoint.every=500",
-              '--config.optimizer.freeze=("^text_",)')),
+              '--config.optimizer.freeze=("^text_",)'),
+             ("--config.model.conv_stem=[32,64,128]", "--config.data.random_style_fraction=0.3",
+              "--config.total_steps=4000", "--config.optimizer.lr=5e-4", "--config.optimizer.warmup_steps=100",
+              "--config.checkpoint.every=500", '--config.optimizer.freeze=("^text_model",)')),
 }
 
 # After its stages, the shipped tokenizer's codebook is merged to this many codes (usage-weighted k-means,
