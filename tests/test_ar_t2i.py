@@ -125,6 +125,29 @@ def test_loss_is_cross_entropy_on_image_ids_over_the_codebook():
   assert task.image_vocab_mask().sum() == task.codebook_size and task.lm.vocab_size % 8 == 0
 
 
+@pytest.mark.parametrize("rope", ["1d", "2d"])
+def test_greedy_kv_cache_sampling_equals_teacher_forced_argmax(rope, monkeypatch):
+  """The sampler's positions are the trainer's: greedy ids from the KV-cache loop are the argmax of
+  the teacher-forced logits at every step (2D: image id j at its grid cell, the context at (0, 0))."""
+  task = load_task(load("configs/ar.py:runlocal", **{"model.rope": rope}))
+  assert task.lm.grid == ((4, 4) if rope == "2d" else (0, 0))
+  params = random_task_params(task, seed=3)
+  rng = np.random.default_rng(4)
+  cond = {"text_emb": jnp.asarray(rng.normal(size=(2, task.text_len, task.text_dim)), jnp.float32),
+          "text_mask": jnp.asarray(np.arange(task.text_len) < np.array([[5], [9]]))}
+  prompt = task.sequence_inputs(params, cond["text_emb"], cond["text_mask"])
+  ids = ar_sample.generate(task.lm, params["lm"], prompt, jax.random.key(0), task.seq_len,
+                           settings=ar_sample.SampleSettings(temperature=0.0), vocab_mask=task.image_vocab_mask())
+  logits = jax.jit(task.image_logits)(params, cond, ids)
+  np.testing.assert_array_equal(np.argmax(np.asarray(logits), -1), np.asarray(ids))
+  if rope == "2d":  # the grid positions are read: all-(0, 0) positions give other logits
+    zero = jnp.zeros_like(task.teacher_positions(2))
+    monkeypatch.setattr(task, "teacher_positions", lambda b: zero)
+    assert np.abs(np.asarray(jax.jit(task.image_logits)(params, cond, ids)) - np.asarray(logits)).max() > 1e-3
+    with pytest.raises(ValueError, match="square"):
+      load_task(load("configs/ar.py:runlocal", **{"model.rope": "2d", "model.seq_len": 12}))
+
+
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("ar"))

@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 
 from stylejax.models import ar
+from stylejax.nn import rope as rope_lib
 from stylejax.nn.resampler import PerceiverResampler
 from stylejax.sample import autoregressive as ar_sample
 from stylejax.train import losses
@@ -160,6 +161,11 @@ class ARImageTask(Task):
     multiple = int(m.get("vocab_multiple", 8))
     vocab = -(-(self.codebook_size + NUM_SPECIAL) // multiple) * multiple
     fields = {k: v for k, v in m.items() if k not in _TASK_MODEL_KEYS}
+    if fields.get("rope") == "2d":  # LlamaGen's 2D RoPE: image ids at their (row, col), the context at (0, 0)
+      side = int(round(self.seq_len ** 0.5))
+      if side * side != self.seq_len:
+        raise ValueError(f"model.rope='2d' needs a square token grid; seq_len={self.seq_len} is not a square.")
+      fields["grid"] = (side, side)
     self.lm = ar.decoder_from_config(fields, vocab_size=vocab, text_dim=self.text_dim,
                                      max_len=self.text_len + self.context_len + self.seq_len,
                                      scan_layers=bool(config.get("scan_layers", False)),
@@ -229,6 +235,15 @@ class ARImageTask(Task):
     """[V] bool: the ids the sampler may emit (the codebook)."""
     return np.arange(self.lm.vocab_size) < self.codebook_size
 
+  def teacher_positions(self, batch: int) -> jax.Array | None:
+    """RoPE positions of a teacher-forced row (text, context, L - 1 image ids): None for 1d (counted from
+    the attention mask, as the sampler does); [B, T, 2] for 2d, the sampler's: (0, 0) before the image,
+    image id j at its grid cell (j // W, j % W)."""
+    if self.lm.rope != "2d":
+      return None
+    grid = rope_lib.grid_positions(self.text_len + self.context_len, self.lm.grid, self.seq_len - 1)
+    return jnp.broadcast_to(jnp.asarray(grid), (batch,) + grid.shape)
+
   def init(self, rng: jax.Array):
     lm_rng, null_rng, res_rng = jax.random.split(rng, 3)
     length = self.context_len + self.seq_len - 1
@@ -236,7 +251,7 @@ class ARImageTask(Task):
     override = None
     if self.num_style:
       override = (jnp.zeros((1, length), bool), jnp.zeros((1, self.num_style, self.lm.hidden), jnp.float32))
-    params = {"lm": self.lm.init(lm_rng, tokens, prefix_embeds=jnp.zeros((1, self.text_len, self.text_dim)),
+    params = {"lm": self.lm.init(lm_rng, tokens, self.teacher_positions(1), prefix_embeds=jnp.zeros((1, self.text_len, self.text_dim)),
                                  input_embeds_override=override)["params"]}
     if self.uncond == "null_prefix":  # LlamaGen: randn / sqrt(width)
       null = jax.random.normal(null_rng, (self.text_len, self.text_dim)) * self.text_dim ** -0.5
@@ -302,7 +317,8 @@ class ARImageTask(Task):
     predicts ids[:, t]. cond: text_emb, text_mask[, struct_ids]."""
     p = self.sequence_inputs(params, cond["text_emb"], cond["text_mask"], cond.get("struct_ids"), style_vectors,
                              drop, ids[:, :-1])
-    logits, _ = self.lm.apply({"params": params["lm"]}, p.tokens, prefix_embeds=p.prefix_embeds,
+    logits, _ = self.lm.apply({"params": params["lm"]}, p.tokens, self.teacher_positions(ids.shape[0]),
+                              prefix_embeds=p.prefix_embeds,
                               attention_mask=jnp.concatenate([p.prefix_mask, p.mask], axis=1),
                               input_embeds_override=p.override)
     return logits[:, -self.seq_len:, :self.codebook_size]
