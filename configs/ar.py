@@ -3,6 +3,7 @@
   stylejax train --config configs/ar.py --workdir /tmp/ar                 # shipped tokenizer + CLIP parts
   stylejax train --config configs/ar.py:runlocal --workdir /tmp/a        # seconds; untrained parts
   stylejax train --config configs/ar.py:uncond=null_prefix --workdir ... # LlamaGen's learned null prefix
+  stylejax train --config configs/ar.py --config.model.rope=2d ...       # LlamaGen's 2D RoPE on the 8x8 grid
 
 Sequence: CLIP text states [48, 128] -> prefix_proj; BOI; 64 image ids (8x8 from the shipped 128-code VQGAN).
 Loss on image ids only; 10% condition dropout for CFG with StyleAR's image-only unconditional
