@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> str:
   p.add_argument("--out", default=None, help="also write the markdown table here")
   p.add_argument("--profile", action="store_true",
                  help="instead of timing against transformers, list stylejax's costliest ops per decode step")
+  p.add_argument("--profile-top", type=int, default=12, help="with --profile: how many ops to list per setting")
   a = p.parse_args(argv)
   if a.repeats < 1:
     p.error("--repeats must be >= 1")
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> str:
   repeats = min(a.repeats, 2) if a.quick else a.repeats
   threads = bench_util.thread_candidates(p, a.threads)
   if a.profile:
-    return bench_util.emit(profile(configs, batches, a.prompt_len, steps), a.out)
+    return bench_util.emit(profile(configs, batches, a.prompt_len, steps, a.profile_top), a.out)
   log = lambda s: print(s, file=sys.stderr, flush=True)
   desc = machine()
   log(desc)

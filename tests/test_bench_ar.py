@@ -39,9 +39,10 @@ def test_bad_arguments_exit():
 
 
 def test_profile_lists_decode_ops(tmp_path):
-  """--profile names the model's ops (layers folded), each once, with shares that sum to at most 1."""
-  table = bench_ar.main(["--profile", "--configs", "minuscule", "--batches", "2", "--new-tokens", "6",
-                         "--out", str(tmp_path / "p.md")])
+  """--profile names the model's ops (layers folded), each once, with shares that sum to about 1. All ops are
+  listed (--profile-top), so which ones rank first under a busy CPU does not matter."""
+  table = bench_ar.main(["--profile", "--profile-top", "1000", "--configs", "minuscule", "--batches", "2",
+                         "--new-tokens", "6", "--out", str(tmp_path / "p.md")])
   sections = table.split("stylejax minuscule, batch 2, ")[1:]
   assert [s.split(":")[0] for s in sections] == list(bench_ar.SETTINGS)
   for s in sections:
@@ -49,4 +50,4 @@ def test_profile_lists_decode_ops(tmp_path):
     ops = [r[1].strip() for r in rows]
     assert len(ops) == len(set(ops)) and any("layers_N/" in o and "dot_general" in o for o in ops)
     assert not any("layers_0" in o for o in ops)
-    assert 0 < sum(float(r[3].strip(" %")) for r in rows) <= 101  # rounded shares of the top ops
+    assert 99 - len(rows) / 2 <= sum(float(r[3].strip(" %")) for r in rows) <= 101 + len(rows) / 2  # rounded
