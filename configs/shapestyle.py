@@ -148,16 +148,17 @@ def _ar(c: ml_collections.ConfigDict, runlocal: bool) -> None:
   c.update(ar.get_config("runlocal" if runlocal else None))
 
 
+# CLIP stages 4-6: conv stem, 30% fresh held-out-family styles, text tower frozen (its projection trains).
+_CLIP_FRESH_STYLES = ("--config.model.conv_stem=[32,64,128]", "--config.data.random_style_fraction=0.3",
+                      "--config.optimizer.lr=5e-4", "--config.optimizer.warmup_steps=100",
+                      "--config.checkpoint.every=500", '--config.optimizer.freeze=("^text_model",)')
+
 # The shipped tokenizer is this part trained in three stages (warm restarts of the cosine schedule with
 # fresh Adam state, `init_from` the previous stage): reconstruction quality kept rising with steps, and
 # stage 3 lowers the shape-pixel weight so textured backgrounds count more. Measured on reconstructions
 # (named styles, n = 150): shape accuracy 0.32 -> 0.66 -> 0.71, style_fidelity 0.25 -> 0.44 -> 0.53.
 # launch/build_shapestyle.py runs a part's stages in order; each is `stylejax train` with these overrides.
 # Parts not listed here are one command.
-# CLIP stages 4-6: conv stem, 30% fresh held-out-family styles, text tower frozen (its projection trains).
-_CLIP_FRESH_STYLES = ("--config.model.conv_stem=[32,64,128]", "--config.data.random_style_fraction=0.3",
-                      "--config.optimizer.lr=5e-4", "--config.optimizer.warmup_steps=100",
-                      "--config.checkpoint.every=500", '--config.optimizer.freeze=("^text_model",)')
 STAGES = {
     "tokenizer": (
         (),

@@ -251,7 +251,8 @@ class ARImageTask(Task):
     override = None
     if self.num_style:
       override = (jnp.zeros((1, length), bool), jnp.zeros((1, self.num_style, self.lm.hidden), jnp.float32))
-    params = {"lm": self.lm.init(lm_rng, tokens, self.teacher_positions(1), prefix_embeds=jnp.zeros((1, self.text_len, self.text_dim)),
+    params = {"lm": self.lm.init(lm_rng, tokens, self.teacher_positions(1),
+                                 prefix_embeds=jnp.zeros((1, self.text_len, self.text_dim)),
                                  input_embeds_override=override)["params"]}
     if self.uncond == "null_prefix":  # LlamaGen: randn / sqrt(width)
       null = jax.random.normal(null_rng, (self.text_len, self.text_dim)) * self.text_dim ** -0.5
