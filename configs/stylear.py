@@ -7,8 +7,9 @@
   python launch/stylear_ablations.py --base /tmp/ar --out /tmp/ablations       # the must-show table
 
 The model is configs/ar.py's (same decoder, vocabulary and parts, so `init_from` copies the base)
-plus 16 style-token slots filled by a Perceiver resampler over the tiny CLIP's penultimate vision
-states, and rank-4 LoRA (no alpha) on q, k, v, o, MLP down and the LM head. Only LoRA and the
+plus 16 style-token slots filled by a Perceiver resampler over the penultimate vision states of a
+second tiny CLIP (shapestyle:clip_style: the CLIP after its conv-stem stage, before the fresh-style
+ones), and rank-4 LoRA (no alpha) on q, k, v, o, MLP down and the LM head. Only LoRA and the
 resampler train. Knobs: data.mix ("stylized:original", paper best 1:3), style.noise (sigma_train
 0.1) / sample.noise (sigma_infer 0.3), sample.content_subtraction, structure.enabled,
 cond.uncond (StyleAR: image-only context), dpo.* (post-training).
@@ -31,6 +32,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       noise=0.1,  # sigma_train of the style-enhanced tokens (0 = off)
       # 0.4M params (LoRA: 39K); its output width is the decoder's hidden size
       resampler=ml_collections.ConfigDict(dict(width=128, depth=2, heads=4, head_dim=32, ff_mult=4))))
+  # style tokens from the CLIP before its fresh-style stages (configs/shapestyle.py SNAPSHOTS): more style
+  c.image_encoder.update(workdir="shapestyle:clip_style", config="configs/shapestyle.py:clip")
   c.structure.enabled = arg.structure
   c.cond.uncond = "image_only"
   c.data = ml_collections.ConfigDict(dict(
@@ -70,6 +73,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.style.resampler.update(width=32, depth=1, heads=2, head_dim=16)
     c.data.update(image_size=32, num_examples=256)
     c.init_from.workdir = ""  # random base
+    c.image_encoder.update(workdir="", config="")  # the (random) text encoder's CLIP
     if arg.variant == "dpo":
       c.dpo.update(num_prompts=4, samples_per_prompt=2)
     common.use_runlocal_schedule(c)

@@ -26,16 +26,20 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-ORDER = ("tokenizer", "clip", "base", "content", "style", "ar")
-# The generators (2.5M / 1.8M params, the largest parts after CLIP) ship as float16 so all parts
-# fit the 30 MB package budget; they load back as float32 and are measured from the exported files.
-SHIP_DTYPE = {"base": "float16", "ar": "float16"}
+ORDER = ("tokenizer", "clip", "clip_style", "base", "content", "style", "ar")
+# The generators (2.5M / 1.8M params, the largest parts after CLIP) and the second CLIP ship as float16
+# so all parts fit the 30 MB package budget; they load back as float32 and are measured from the exported files.
+SHIP_DTYPE = {"base": "float16", "ar": "float16", "clip_style": "float16"}
 
 
 def stages(part: str, root: str) -> list[tuple[str, list[str]]]:
   """[(workdir, `stylejax train` args)] for a part: one command, or a chain where each stage starts
-  `init_from` the previous one (configs/shapestyle.py STAGES)."""
+  `init_from` the previous one (configs/shapestyle.py STAGES); a snapshot part, the first stages of its
+  source part's chain (SNAPSHOTS)."""
   from configs import shapestyle
+  if part in shapestyle.SNAPSHOTS:
+    source, num_stages = shapestyle.SNAPSHOTS[part]
+    return stages(source, root)[:num_stages]
   overrides = shapestyle.STAGES.get(part, ((),))
   workdirs = ([os.path.join(root, part)] if len(overrides) == 1 else
               [os.path.join(root, f"{part}_stage{i + 1}") for i in range(len(overrides))])
@@ -102,14 +106,14 @@ def merge_codes(workdir: str, num_codes: int, num_images: int = 2048):
   return config, params
 
 
-def wall_times(root: str) -> dict[str, float]:
-  out: dict[str, float] = {}
+def wall_time(part: str, root: str) -> float | None:
+  """Seconds of `stylejax train` behind a part (its chain's workdirs, summed over resumed runs); None if
+  none of them ran under `root`. A snapshot part counts the stages it shares with its source."""
+  workdirs = {w for w, _ in stages(part, root) + decoder_stage(part, root)}
   path = os.path.join(root, "times.jsonl")
-  if os.path.exists(path):
-    for line in open(path):
-      r = json.loads(line)
-      out[r["part"]] = out.get(r["part"], 0.0) + r["seconds"]
-  return out
+  runs = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+  seconds = [r["seconds"] for r in runs if r["workdir"] in workdirs]
+  return sum(seconds) if seconds else None
 
 
 def fmt(m: dict) -> str:
@@ -152,7 +156,6 @@ def main() -> None:
   import jax
   from stylejax.models import scorers as scorers_lib
   scorers = scorers_lib.scorers_from_workdirs()
-  times = wall_times(args.root)
   lines = ["# ShapeStyle shipped models: build times and measured quality", "",
            f"Built by `python launch/build_shapestyle.py` on {jax.devices()[0].device_kind} "
            f"({os.cpu_count()} cores); wall time is the part's `stylejax train` time (summed if resumed).", ""]
@@ -165,7 +168,7 @@ def main() -> None:
     result = shapestyle_eval.evaluate(name, scorers=scorers, quick=args.quick)
     record = shipped.info(name)
     # a part not trained under this root keeps the wall time its record already has (re-measuring elsewhere)
-    train_s = times.get(part, (record.get("metrics") or {}).get("train_wall_s"))
+    train_s = wall_time(part, args.root) or (record.get("metrics") or {}).get("train_wall_s")
     shipped.record_metrics(name, {"measured": result["metrics"], "train_wall_s": train_s})
     mb = os.path.getsize(os.path.join(shipped.ASSETS, part + ".safetensors")) / 2 ** 20
     total_mb += mb

@@ -24,6 +24,7 @@ ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "sha
 PARTS = {
     "tokenizer": "VQGAN image tokenizer, 64x64 -> 8x8 ids from 128 codes (merged from 4096; decoder fine-tuned)",
     "clip": "tiny CLIP (text tower for Muse/AR prompts; CLIP-T/CLIP-I metrics)",
+    "clip_style": "tiny CLIP after its conv-stem stage (vision tower: StyleAR's style tokens)",
     "content": "content classifier scorer (shape, color, count)",
     "style": "style encoder scorer (CSD analogue)",
     "base": "text-to-image Muse base on plain + named styles",

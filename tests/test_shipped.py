@@ -53,14 +53,33 @@ def test_export_load_round_trip(assets, monkeypatch):
   assert json.load(open(os.path.join(root, "tokenizer.json")))["metrics"]["x"] == 1.0
 
 
-def test_merged_tokenizer_exports_and_tokenizes(assets, tmp_path):
-  """The build's codebook-merge step: a smaller codebook, same encoder/decoder, loadable as a part."""
+def _build_script():
   import importlib.util
-  from stylejax.models.parts import ImageTokenizer
-  from stylejax.train.task import load_task
   spec = importlib.util.spec_from_file_location("build_shapestyle", os.path.join(REPO, "launch", "build_shapestyle.py"))
   build = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(build)
+  return build
+
+
+def test_snapshot_part_is_its_sources_first_stages_and_shares_their_wall_time(tmp_path):
+  """shapestyle:clip_style is the CLIP chain cut after stage 3: same commands, those stages' train time."""
+  build = _build_script()
+  clip, snap = build.stages("clip", str(tmp_path)), build.stages("clip_style", str(tmp_path))
+  assert len(clip) > 3 and snap == clip[:3]
+  assert build.command("clip").startswith(build.command("clip_style") + " && ")
+  assert build.wall_time("clip_style", str(tmp_path)) is None  # nothing ran under this root
+  with open(tmp_path / "times.jsonl", "w") as f:
+    for i, (workdir, _) in enumerate(clip):
+      f.write(json.dumps({"part": "clip", "seconds": 10.0 * (i + 1), "workdir": workdir}) + "\n")
+  assert build.wall_time("clip_style", str(tmp_path)) == 10 + 20 + 30
+  assert build.wall_time("clip", str(tmp_path)) == sum(10.0 * (i + 1) for i in range(len(clip)))
+
+
+def test_merged_tokenizer_exports_and_tokenizes(assets, tmp_path):
+  """The build's codebook-merge step: a smaller codebook, same encoder/decoder, loadable as a part."""
+  from stylejax.models.parts import ImageTokenizer
+  from stylejax.train.task import load_task
+  build = _build_script()
   _, runs = assets
   _, before = trainer.load_params(runs["tokenizer"])
   config, params = build.merge_codes(runs["tokenizer"], 4, num_images=64)
@@ -138,7 +157,7 @@ def test_eval_dispatches_on_the_run_kind(assets, monkeypatch):
 
 
 # Every part this package ships.
-@pytest.mark.parametrize("part", ["tokenizer", "clip", "content", "style", "base", "ar"])
+@pytest.mark.parametrize("part", ["tokenizer", "clip", "clip_style", "content", "style", "base", "ar"])
 def test_shipped_part_reproduces_its_recorded_quality(part):
   """The package's own weights, measured again on a small sample, agree with what they recorded."""
   name = shipped.PREFIX + part

@@ -245,3 +245,19 @@ def test_ablation_script_passes_config_and_dpo_overrides_to_both_runs(tmp_path, 
   tuned = json.load(open(os.path.join(out, "stylear_dpo", "config.json")))
   assert recipe["model"]["lora_rank"] == tuned["model"]["lora_rank"] == 2  # --set reaches the DPO run too
   assert tuned["dpo"]["sft_weight"] == 1.0 and tuned["dpo"]["min_gap"] == 0.001
+
+
+def test_full_config_reads_style_tokens_from_the_clip_style_part():
+  """configs/stylear.py's style tokens come from shapestyle:clip_style's vision tower (not the text
+  encoder's CLIP): the features fit style.feature_dim and differ from the shipped CLIP's."""
+  from stylejax.data import shapestyle as ss
+  config = load("configs/stylear.py")
+  assert config.image_encoder.workdir == "shapestyle:clip_style"
+  task = load_task(config)
+  images = np.stack([ss.render(ss.random_content(np.random.default_rng(i)), ss.PLAIN_STYLE, 64, rng=i)[0]
+                     for i in range(2)])
+  feats = task.image_features(images)
+  assert feats.shape == (2, task.image_features.num_tokens, config.style.feature_dim)
+  config.image_encoder.workdir = ""  # the text encoder's CLIP, as before the part existed
+  other = load_task(config).image_features(images)
+  assert feats.shape == other.shape and np.abs(feats - other).max() > 1e-2
