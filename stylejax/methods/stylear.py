@@ -2,7 +2,8 @@
 in-context style tokens, LoRA, and optional DPO post-training.
 
 Recipe (configs/stylear.py):
-  * Style tokens: CLIP vision penultimate hidden states of the style image (ShapeStyle's tiny CLIP)
+  * Style tokens: CLIP vision penultimate hidden states of the style image (`config.image_encoder`;
+    on ShapeStyle `shapestyle:clip_style`, a tiny CLIP kept for the style its features carry)
     -> Perceiver resampler -> Q tokens written into Q placeholder positions after the text prefix
     (`ARImageTask` with `style.num_tokens = Q`).
   * Trained: rank-4 LoRA (no alpha) on q, k, v, o, MLP down and the LM head, and the resampler; the
