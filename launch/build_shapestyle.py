@@ -141,7 +141,8 @@ def main() -> None:
   if not args.eval:
     for part in parts:
       print(f"== {part}: training", flush=True)
-      workdir = train(part, args.root, extra)
+      source = shapestyle.SNAPSHOTS.get(part, (None,))[0]  # a snapshot of a part trained above: no re-runs
+      workdir = stages(part, args.root)[-1][0] if source in parts else train(part, args.root, extra)
       dtype = SHIP_DTYPE.get(part, "float32")
       if part in shapestyle.MERGE_CODES:
         config, params = merge_codes(workdir, shapestyle.MERGE_CODES[part])
