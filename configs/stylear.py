@@ -33,7 +33,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       # 0.4M params (LoRA: 39K); its output width is the decoder's hidden size
       resampler=ml_collections.ConfigDict(dict(width=128, depth=2, heads=4, head_dim=32, ff_mult=4))))
   # style tokens from the CLIP before its fresh-style stages (configs/shapestyle.py SNAPSHOTS): more style
-  c.image_encoder.update(workdir="shapestyle:clip_style", config="configs/shapestyle.py:clip")
+  c.image_encoder.workdir = "shapestyle:clip_style"  # config stays "": emptying workdir falls back
   c.structure.enabled = arg.structure
   c.cond.uncond = "image_only"
   c.data = ml_collections.ConfigDict(dict(
@@ -73,7 +73,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.style.resampler.update(width=32, depth=1, heads=2, head_dim=16)
     c.data.update(image_size=32, num_examples=256)
     c.init_from.workdir = ""  # random base
-    c.image_encoder.update(workdir="", config="")  # the (random) text encoder's CLIP
+    c.image_encoder.workdir = ""  # the (random) text encoder's CLIP
     if arg.variant == "dpo":
       c.dpo.update(num_prompts=4, samples_per_prompt=2)
     common.use_runlocal_schedule(c)
