@@ -186,15 +186,48 @@ def test_clip_task_trains_sharded_under_the_trainer(tmp_path):
   assert feats.shape == (2, config.model.projection_dim) and np.isfinite(np.asarray(feats)).all()
 
 
-def test_shape_probe_separates_what_the_features_encode():
+def _launch_module(name: str):
   import importlib.util
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch", "clip_shape_probe.py")
-  spec = importlib.util.spec_from_file_location("clip_shape_probe", path)
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch", name + ".py")
+  spec = importlib.util.spec_from_file_location(name, path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
+  return mod
+
+
+def test_shape_probe_separates_what_the_features_encode():
+  mod = _launch_module("clip_shape_probe")
   rng = np.random.default_rng(0)
   y = rng.integers(0, 3, 400)
   informative = np.eye(3)[y] * 3 + rng.normal(size=(400, 3)) * 0.3  # label in the features
   noise = rng.normal(size=(400, 3))                                    # label absent
   assert mod.probe_accuracy(informative[:300], y[:300], informative[300:], y[300:], 3, steps=200) > 0.95
   assert mod.probe_accuracy(noise[:300], y[:300], noise[300:], y[300:], 3, steps=200) < 0.55
+
+
+def test_zero_shot_hits_picks_the_caption_of_the_true_shape():
+  from stylejax.eval import shapestyle_eval
+  images, labels, _ = shapestyle_eval._examples(12, [ss.PLAIN_STYLE], 0, image_size=32)
+  eye = np.eye(len(ss.SHAPES))
+
+  class Embedder:  # images embed as their (shifted) shape; the k-th of each image's 9 captions as shape k
+    def __init__(self, shift):
+      self.shift = shift
+
+    def embed_images(self, x):
+      return eye[(labels["shape"] + self.shift) % len(ss.SHAPES)]
+
+    def embed_texts(self, captions):
+      assert len(captions) == len(images) * len(ss.SHAPES)
+      return eye[np.arange(len(captions)) % len(ss.SHAPES)]
+
+  assert shapestyle_eval.zero_shot_hits(Embedder(0), images, labels)[0].all()
+  assert not shapestyle_eval.zero_shot_hits(Embedder(1), images, labels)[0].any()
+
+
+def test_clip_compare_mcnemar_matches_the_exact_binomial():
+  p = _launch_module("clip_compare").mcnemar_exact
+  assert p(0, 0) == 1.0
+  assert p(5, 0) == p(0, 5) == 2 / 2 ** 5          # all five discordant renders one way
+  assert abs(p(34, 16) - 0.01535) < 1e-4           # scipy.stats.binomtest(16, 50).pvalue
+  assert p(10, 10) == 1.0

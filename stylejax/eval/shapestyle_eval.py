@@ -86,18 +86,24 @@ def tokenizer(image_tokenizer, scorers, num: int = 300, seed: int = 0) -> dict[s
   return out
 
 
+def zero_shot_hits(embedder, images: np.ndarray, labels: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+  """Whether each image [N, S, S, 3] is closest to its own caption among the 9 that keep its color and
+  count and vary only the shape: (hits [N] bool, image embeddings [N, D])."""
+  img = embedder.embed_images(images)
+  captions = [ss.Content(k, int(c), int(n)).caption for c, n in zip(labels["color"], labels["count"])
+              for k in range(len(ss.SHAPES))]
+  txt = embedder.embed_texts(captions).reshape(len(images), len(ss.SHAPES), -1)
+  return np.argmax(np.einsum("nd,nkd->nk", img, txt), axis=1) == labels["shape"], img
+
+
 def clip_zero_shot(embedder, num: int = 600, seed: int = 0) -> dict[str, M.Metric]:
   """Zero-shot shape accuracy: each image against the 9 content captions that keep its true color and
   count and vary only the shape ("two red stars", "two red circles", ...); plus CLIP-T to its caption."""
   out = {}
   for name, styles in style_sets().items():
     images, labels, used = _examples(num // 3, styles, seed)
-    img = embedder.embed_images(images)
-    captions = [ss.Content(k, int(c), int(n)).caption for c, n in zip(labels["color"], labels["count"])
-                for k in range(len(ss.SHAPES))]
-    txt = embedder.embed_texts(captions).reshape(len(images), len(ss.SHAPES), -1)
-    pred = np.argmax(np.einsum("nd,nkd->nk", img, txt), axis=1)
-    out[f"{name}/zero_shot_shape_accuracy"] = M.rate_ci(pred == labels["shape"])
+    hits, img = zero_shot_hits(embedder, images, labels)
+    out[f"{name}/zero_shot_shape_accuracy"] = M.rate_ci(hits)
     true = [ss.caption_for(ss.Content(int(s), int(c), int(n)), st)
             for s, c, n, st in zip(labels["shape"], labels["color"], labels["count"], used)]
     out[f"{name}/clip_t_true_caption"] = M.clip_t(img, embedder.embed_texts(true))
