@@ -1,4 +1,7 @@
 """Helpers shared by several test files (pytest puts tests/ on sys.path)."""
+import importlib.util
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -18,3 +21,12 @@ def random_params(model: nn.Module, *args, **kw):
     return jnp.asarray(x + 1.0 if jax.tree_util.keystr(path).endswith("['scale']") else x)
 
   return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def launch_module(name: str):
+  """The script launch/<name>.py, imported as a module (launch/ is not a package)."""
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch", name + ".py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

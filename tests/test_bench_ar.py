@@ -1,15 +1,11 @@
 """launch/bench_ar.py smoke test on a minuscule model (no timings asserted): the table is written,
 greedy parity holds, and a greedy mismatch aborts instead of timing different computations."""
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch", "bench_ar.py")
-_spec = importlib.util.spec_from_file_location("bench_ar", _PATH)
-bench_ar = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_ar)
+from _testutil import launch_module
+
+bench_ar = launch_module("bench_ar")
 
 ARGS = ["--quick", "--configs", "minuscule", "--new-tokens", "6", "--repeats", "1", "--threads", "1"]
 

@@ -1,14 +1,10 @@
 """launch/bench_muse.py smoke test on a minuscule Muse config (no timings asserted): every mode
 samples a full grid, the reference pipeline runs, and the table is written."""
-import importlib.util
-import os
-
 import pytest
 
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch", "bench_muse.py")
-_spec = importlib.util.spec_from_file_location("bench_muse", _PATH)
-bench_muse = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_muse)
+from _testutil import launch_module
+
+bench_muse = launch_module("bench_muse")
 
 
 def test_quick_main_writes_table(tmp_path):

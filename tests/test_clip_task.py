@@ -13,6 +13,7 @@ from stylejax import config as config_lib
 from stylejax.data import shapestyle as ss
 from stylejax.models import clip, clip_task
 from stylejax.train import trainer
+from _testutil import launch_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -186,17 +187,8 @@ def test_clip_task_trains_sharded_under_the_trainer(tmp_path):
   assert feats.shape == (2, config.model.projection_dim) and np.isfinite(np.asarray(feats)).all()
 
 
-def _launch_module(name: str):
-  import importlib.util
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch", name + ".py")
-  spec = importlib.util.spec_from_file_location(name, path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
 def test_shape_probe_separates_what_the_features_encode():
-  mod = _launch_module("clip_shape_probe")
+  mod = launch_module("clip_shape_probe")
   rng = np.random.default_rng(0)
   y = rng.integers(0, 3, 400)
   informative = np.eye(3)[y] * 3 + rng.normal(size=(400, 3)) * 0.3  # label in the features
@@ -226,7 +218,7 @@ def test_zero_shot_hits_picks_the_caption_of_the_true_shape():
 
 
 def test_clip_compare_mcnemar_matches_the_exact_binomial():
-  p = _launch_module("clip_compare").mcnemar_exact
+  p = launch_module("clip_compare").mcnemar_exact
   assert p(0, 0) == 1.0
   assert p(5, 0) == p(0, 5) == 2 / 2 ** 5          # all five discordant renders one way
   assert abs(p(34, 16) - 0.01535) < 1e-4           # scipy.stats.binomtest(16, 50).pvalue

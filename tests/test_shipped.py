@@ -13,6 +13,7 @@ from stylejax.data import shapestyle as ss
 from stylejax.eval import shapestyle_eval
 from stylejax.models import scorers as scorers_lib
 from stylejax.train import trainer
+from _testutil import launch_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,11 +55,7 @@ def test_export_load_round_trip(assets, monkeypatch):
 
 
 def _build_script():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("build_shapestyle", os.path.join(REPO, "launch", "build_shapestyle.py"))
-  build = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(build)
-  return build
+  return launch_module("build_shapestyle")
 
 
 def test_snapshot_part_is_its_sources_first_stages_and_shares_their_wall_time(tmp_path):

@@ -16,6 +16,7 @@ from stylejax.models import ar_t2i
 from stylejax.sample import autoregressive as ar_sample
 from stylejax.train import optim, trainer
 from stylejax.train.task import load_task
+from _testutil import launch_module
 from test_ar_t2i import load, random_task_params
 
 SPEC = "configs/stylear.py:runlocal,structure"
@@ -23,12 +24,7 @@ SPEC = "configs/stylear.py:runlocal,structure"
 
 def _ablations():
   """launch/stylear_ablations.py as a module."""
-  import importlib.util
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch", "stylear_ablations.py")
-  spec = importlib.util.spec_from_file_location("stylear_ablations", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return launch_module("stylear_ablations")
 
 
 def _random_scorers():
