@@ -58,6 +58,13 @@ def _build_script():
   return launch_module("build_shapestyle")
 
 
+def test_every_shipped_record_names_the_command_the_build_runs_now():
+  """A stage added to configs/shapestyle.py STAGES without re-exporting (or the reverse) breaks reproducibility."""
+  build = _build_script()
+  for part in build.ORDER:
+    assert shipped.info(part)["command"] == build.command(part), part
+
+
 def test_snapshot_part_is_its_sources_first_stages_and_shares_their_wall_time(tmp_path):
   """shapestyle:clip_style is the CLIP chain cut after stage 3: same commands, those stages' train time."""
   build = _build_script()
