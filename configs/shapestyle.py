@@ -193,7 +193,8 @@ STAGES = {
               '--config.optimizer.freeze=("^text_",)'),
              _clip_fresh_styles(4000), _clip_fresh_styles(5000), _clip_fresh_styles(4000),
              _clip_fresh_styles(3000, fraction=0.5), _clip_fresh_styles(3000, fraction=0.5, seed=8),
-             _clip_fresh_styles(3000, fraction=0.5, seed=16, lr="2.5e-4")),
+             _clip_fresh_styles(3000, fraction=0.5, seed=16, lr="2.5e-4"),
+             _clip_fresh_styles(3000, fraction=0.7, seed=24, lr="2.5e-4")),
 }
 
 # Parts that are an earlier stage of another part's chain: {part: (source part, stages)}. StyleAR's style
