@@ -184,10 +184,9 @@ STAGES = {
     # more with 30% of images in fresh held-out-family styles (content captions) and the text projection
     # trainable (the bases read the text tower's hidden states, not its projection); then the same again for
     # 5000 steps and 4000 more (warm restarts: held-out zero-shot shape 0.595 -> 0.745 -> 0.820), and 3000 more
-    # with half the images in fresh styles (0.832 -> 0.862 on n = 600, paired); then two more such stages on new
-    # data streams (`data.seed`), the second at half the peak lr (held-out 0.862 -> 0.885 -> 0.897, paired), and a
-    # tenth on another with 70% fresh styles (0.913; 50% scored 0.892, p 0.0044 head to head), and an eleventh
-    # the same on another stream (n = 1200: named 0.946 -> 0.960, p 0.0045; held-out 0.908 -> 0.910) (README).
+    # with half the images in fresh styles (0.832 -> 0.862 on n = 600, paired); then 3000-step stages, each on a
+    # new data stream (`data.seed`), lr halved from the ninth and 70% fresh styles from the tenth: held-out
+    # 0.862 -> 0.885 -> 0.897 -> 0.913 (paired, n = 600), then level at 0.91 while named rises (README tables).
     "clip": ((), ("--config.total_steps=6000", "--config.optimizer.lr=5e-4",
                   '--config.optimizer.freeze=("^text_",)'),
              ("--config.model.conv_stem=[32,64,128]", '--config.init_from.dont_load=["patch_embedding"]',
