@@ -8,20 +8,10 @@ the exact binomial test on those discordant renders (McNemar 1947) sees differen
 Wilson intervals cannot.
 """
 import argparse
-import math
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def mcnemar_exact(gained: int, lost: int) -> float:
-  """Two-sided exact McNemar p-value from the discordant counts (Binomial(gained + lost, 1/2))."""
-  n = gained + lost
-  if n == 0:
-    return 1.0
-  tail = sum(math.comb(n, i) for i in range(min(gained, lost) + 1)) / 2 ** n
-  return min(1.0, 2 * tail)
 
 
 def main() -> None:
@@ -43,10 +33,7 @@ def main() -> None:
   ref = args.runs[0]
   for run in args.runs[1:]:
     for name in data:
-      a, b = hits[ref, name], hits[run, name]
-      gained, lost = int((~a & b).sum()), int((a & ~b).sum())
-      print(f"{run} vs {ref} {name}: {a.mean():.3f} -> {b.mean():.3f} (+{gained} / -{lost} renders, "
-            f"McNemar p = {mcnemar_exact(gained, lost):.3g})")
+      print(f"{run} vs {ref} {name}: {M.paired_report(hits[ref, name], hits[run, name])}")
 
 
 if __name__ == "__main__":

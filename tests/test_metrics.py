@@ -142,3 +142,19 @@ def test_evaluation_protocol_jobs_and_aggregation():
   json.dumps(rep, allow_nan=False)
   with pytest.raises(ValueError, match="12 jobs"):
     proto.aggregate({"clip_t": sim[:5]})
+
+
+def test_mcnemar_matches_the_exact_binomial():
+  p = M.mcnemar_exact
+  assert p(0, 0) == 1.0
+  assert p(5, 0) == p(0, 5) == 2 / 2 ** 5          # all five discordant renders one way
+  assert abs(p(34, 16) - 0.01535) < 1e-4           # scipy.stats.binomtest(16, 50).pvalue
+  assert p(10, 10) == 1.0
+
+
+def test_paired_report_counts_only_the_discordant_items():
+  ref = np.array([1, 1, 0, 0, 1, 0], bool)
+  new = np.array([1, 0, 1, 1, 1, 1], bool)      # gains items 2, 3, 5; loses item 1
+  line = M.paired_report(ref, new)
+  assert line.startswith("0.500 -> 0.833 (+3 / -1,")
+  assert f"p = {M.mcnemar_exact(3, 1):.3g})" in line

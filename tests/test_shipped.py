@@ -148,6 +148,17 @@ def test_heldout_prompts_never_in_training_stream():
   assert 0.15 < frac < 0.25
 
 
+def test_eval_prompt_sets_are_held_out_and_the_same_every_call():
+  sets = shapestyle_eval.heldout_prompts(0.1, prompts_per_set=12, seed=3)
+  assert sets == shapestyle_eval.heldout_prompts(0.1, prompts_per_set=12, seed=3)
+  assert sets["plain"][0] != shapestyle_eval.heldout_prompts(0.1, prompts_per_set=12, seed=4)["plain"][0]
+  for name, (prompts, contents, styles) in sets.items():
+    assert len(prompts) == len(contents) == len(styles) == 12
+    assert all(ss.is_heldout_prompt(c, s, 0.1) for c, s in zip(contents, styles))
+    assert all((s == ss.PLAIN_STYLE) == (name == "plain") for s in styles)
+  assert shapestyle_eval.text_to_image_generator("shapestyle:content") is None
+
+
 def test_eval_dispatches_on_the_run_kind(assets, monkeypatch):
   root, runs = assets
   monkeypatch.setattr(shipped, "ASSETS", root)

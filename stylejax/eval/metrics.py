@@ -73,6 +73,23 @@ def rate_ci(outcomes: Any, z: float = Z95) -> Metric:
   return _metric(k / n, lo, hi, n)
 
 
+def mcnemar_exact(gained: int, lost: int) -> float:
+  """Two-sided exact McNemar p-value of a paired comparison from its discordant counts (McNemar 1947): the
+  items only the second system gets right vs only the first, tested as Binomial(gained + lost, 1/2)."""
+  n = gained + lost
+  if n == 0:
+    return 1.0
+  tail = sum(math.comb(n, i) for i in range(min(gained, lost) + 1)) / 2 ** n
+  return min(1.0, 2 * tail)
+
+
+def paired_report(ref_hits: Any, hits: Any) -> str:
+  """One line for two systems' binary outcomes [N] on the same items: means, discordant counts, McNemar p."""
+  a, b = np.asarray(ref_hits, bool).reshape(-1), np.asarray(hits, bool).reshape(-1)
+  gained, lost = int((~a & b).sum()), int((a & ~b).sum())
+  return f"{a.mean():.3f} -> {b.mean():.3f} (+{gained} / -{lost}, McNemar p = {mcnemar_exact(gained, lost):.3g})"
+
+
 # ------------------------------------------------------------------------------ similarity
 def cosine(a: Any, b: Any, eps: float = 1e-12) -> np.ndarray:
   """Row-wise cosine of a [N, D] and b [N, D] (either may be [D], broadcast) -> [N]."""
@@ -136,7 +153,8 @@ def _labels(labels: Any) -> dict[str, np.ndarray]:
   return {h: arr[:, i] for i, h in enumerate(LABEL_HEADS)}
 
 
-def _agreement(pred_labels: Any, prompt_labels: Any) -> dict[str, np.ndarray]:
+def text_fidelity_agreement(pred_labels: Any, prompt_labels: Any) -> dict[str, np.ndarray]:
+  """Per-item agreement of classified and prompted labels: {"shape","color","count"} -> [N] bool."""
   pred, want = _labels(pred_labels), _labels(prompt_labels)
   for h in LABEL_HEADS:
     if pred[h].shape != want[h].shape:
@@ -150,13 +168,13 @@ def text_fidelity(pred_labels: Any, prompt_labels: Any) -> Metric:
   Labels: mappings {"shape": [N], "color": [N], "count": [N]} or [N, 3] arrays. Counts must use
   the same convention on both sides (ShapeStyle uses 1..3). Wilson interval.
   """
-  agree = _agreement(pred_labels, prompt_labels)
+  agree = text_fidelity_agreement(pred_labels, prompt_labels)
   return rate_ci(np.logical_and.reduce([agree[h] for h in LABEL_HEADS]))
 
 
 def text_fidelity_per_head(pred_labels: Any, prompt_labels: Any) -> dict[str, Metric]:
   """Side report: per-head agreement rates {"shape": Metric, "color": Metric, "count": Metric}."""
-  return {h: rate_ci(a) for h, a in _agreement(pred_labels, prompt_labels).items()}
+  return {h: rate_ci(a) for h, a in text_fidelity_agreement(pred_labels, prompt_labels).items()}
 
 
 def style_fidelity(gen_style_emb: Any, ref_style_emb: Any) -> Metric:

@@ -110,12 +110,9 @@ def clip_zero_shot(embedder, num: int = 600, seed: int = 0) -> dict[str, M.Metri
   return out
 
 
-def text_to_image(generate, image_size: int, heldout_fraction: float, scorers, prompts_per_set: int = 96,
-                  seed: int = 0) -> dict[str, M.Metric]:
-  """Text-to-image quality (Muse or AR base) on prompts held out of training (`ss.is_heldout_prompt`).
-
-  generate(prompts, num, seed) -> uint8 images.
-  """
+def heldout_prompts(heldout_fraction: float, prompts_per_set: int = 96, seed: int = 0
+                    ) -> dict[str, tuple[list[str], list[ss.Content], list[ss.Style]]]:
+  """Prompts held out of training (`ss.is_heldout_prompt`): {"plain"|"named": (captions, contents, styles)}."""
   frac = heldout_fraction or 0.1
   rng = np.random.default_rng([seed, 0x3D5E])
   out = {}
@@ -128,9 +125,30 @@ def text_to_image(generate, image_size: int, heldout_fraction: float, scorers, p
         prompts.append(ss.caption_for(c, s))
         contents.append(c)
         chosen.append(s)
-    images = np.concatenate([generate(prompts[i:i + 32], 1, seed + i)
-                             for i in range(0, len(prompts), 32)])
-    labels = {h: np.asarray([getattr(c, h) for c in contents]) for h in HEADS}
+    out[name] = (prompts, contents, chosen)
+  return out
+
+
+def generate_all(generate, prompts: list[str], seed: int = 0, chunk: int = 32) -> np.ndarray:
+  """One image per prompt, `chunk` prompts per call, the call's seed offset by its first index: [N, S, S, 3]."""
+  return np.concatenate([generate(prompts[i:i + chunk], 1, seed + i) for i in range(0, len(prompts), chunk)])
+
+
+def content_labels(contents: list[ss.Content]) -> dict[str, np.ndarray]:
+  """{"shape","color","count"} -> [N] int arrays of the contents' labels."""
+  return {h: np.asarray([getattr(c, h) for c in contents]) for h in HEADS}
+
+
+def text_to_image(generate, image_size: int, heldout_fraction: float, scorers, prompts_per_set: int = 96,
+                  seed: int = 0) -> dict[str, M.Metric]:
+  """Text-to-image quality (Muse or AR base) on prompts held out of training (`heldout_prompts`).
+
+  generate(prompts, num, seed) -> uint8 images.
+  """
+  out = {}
+  for name, (prompts, contents, chosen) in heldout_prompts(heldout_fraction, prompts_per_set, seed).items():
+    images = generate_all(generate, prompts, seed)
+    labels = content_labels(contents)
     pred = scorers.classify(images)
     out[f"{name}/text_fidelity"] = M.text_fidelity(pred, labels)
     out.update({f"{name}/{h}_accuracy": m for h, m in M.text_fidelity_per_head(pred, labels).items()})
@@ -149,6 +167,25 @@ def text_to_image(generate, image_size: int, heldout_fraction: float, scorers, p
   out["plain/style_fidelity_to_named_styles"] = M.style_fidelity(scorers.style_embed(plain_images),
                                                                   scorers.style_embed(named_refs)[idx])
   return out
+
+
+def text_to_image_generator(workdir: str) -> tuple[Any, int, float] | None:
+  """(generate(prompts, num, seed) -> uint8 images, image size, held-out prompt fraction) of a Muse or
+  text-to-image AR run or shipped name; None for any other kind of run."""
+  from stylejax.models import ar_t2i, muse as muse_lib
+  from stylejax.train import trainer
+  from stylejax.train.task import load_task
+  config = trainer.load_config(workdir)
+  task = load_task(config)
+  frac = config.data.get("heldout_prompts", 0.0)
+  if isinstance(task, muse_lib.MuseTask):
+    from stylejax.models.muse_pipeline import MusePipeline
+    pipe = MusePipeline.load(workdir)
+    return (lambda p, n, s: pipe.generate(p, n, s)), pipe.tokenizer.image_size, frac
+  if isinstance(task, ar_t2i.ARImageTask) and not config.get("style", {}).get("num_tokens"):
+    pipe = ar_t2i.ARImagePipeline.load(workdir)
+    return (lambda p, n, s: pipe.generate(p, n, s)), int(config.data.image_size), frac
+  return None
 
 
 def evaluate(workdir: str, scorers=None, seed: int = 0, quick: bool = False) -> dict[str, Any]:
@@ -177,15 +214,10 @@ def evaluate(workdir: str, scorers=None, seed: int = 0, quick: bool = False) -> 
     return {"kind": "tokenizer", "metrics": tokenizer(ImageTokenizer(task, params), need_scorers(), 300 // k, seed)}
   if isinstance(task, clip_task.CLIPTask):
     return {"kind": "clip", "metrics": clip_zero_shot(ClipEmbedder(task, params), 600 // k, seed)}
-  if isinstance(task, muse_lib.MuseTask):
-    from stylejax.models.muse_pipeline import MusePipeline
-    pipe = MusePipeline.load(workdir)
-    return {"kind": "muse", "metrics": text_to_image(lambda p, n, s: pipe.generate(p, n, s), pipe.tokenizer.image_size,
-                                                     config.data.get("heldout_prompts", 0.0), need_scorers(), 96 // k, seed)}
-  from stylejax.models import ar_t2i
-  if isinstance(task, ar_t2i.ARImageTask) and not config.get("style", {}).get("num_tokens"):
-    pipe = ar_t2i.ARImagePipeline.load(workdir)
-    return {"kind": "ar", "metrics": text_to_image(lambda p, n, s: pipe.generate(p, n, s), int(config.data.image_size),
-                                                   config.data.get("heldout_prompts", 0.0), need_scorers(), 96 // k, seed)}
+  t2i = text_to_image_generator(workdir)
+  if t2i is not None:
+    generate, image_size, frac = t2i
+    kind = "muse" if isinstance(task, muse_lib.MuseTask) else "ar"
+    return {"kind": kind, "metrics": text_to_image(generate, image_size, frac, need_scorers(), 96 // k, seed)}
   raise ValueError(f"{workdir} is a {type(task).__name__} run; `stylejax eval` knows tokenizer, clip, "
                    f"scorer, Muse and StyleDrop runs.")

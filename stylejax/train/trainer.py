@@ -212,6 +212,17 @@ def _flops_per_step(task: Task, config, compiled) -> float | None:
   return per_device * jax.device_count() if per_device else None
 
 
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The training config of a workdir (its config.json) or of a shipped name, without loading weights."""
+  if shipped.is_shipped(workdir):
+    return config_lib.from_json(json.dumps(shipped.info(workdir)["config"]))
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise TrainError(f"{workdir} has no config.json; pass the workdir of a `stylejax train` run.")
+  with open(path) as f:
+    return config_lib.from_json(f.read())
+
+
 def load_params(workdir: str, devices: Sequence[jax.Device] | None = None, use_ema: bool = True,
                 step: int | None = None) -> tuple[Any, Any]:
   """Restores (config, params) from a workdir's checkpoint `step` (default: the latest) onto `devices`
@@ -223,11 +234,7 @@ def load_params(workdir: str, devices: Sequence[jax.Device] | None = None, use_e
     if step is not None:
       raise TrainError(f"{workdir} is a shipped model with one set of weights; it has no step {step}.")
     return shipped.load(workdir)
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise TrainError(f"{workdir} has no config.json; pass the workdir of a `stylejax train` run.")
-  with open(path) as f:
-    config = config_lib.from_json(f.read())
+  config = load_config(workdir)
   config.unlock()
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.lock()

@@ -1,0 +1,52 @@
+"""Paired text_fidelity of text-to-image bases (Muse or AR) on the same held-out prompts, McNemar against the first.
+
+  python launch/base_compare.py shapestyle:ar RUN [RUN ...] [--prompts 96] [--seeds 2]
+
+Every base draws one image per held-out prompt (`shapestyle_eval.heldout_prompts`: plain and named sets, the
+prompts `stylejax eval` uses) for each sampling seed, so n = prompts x seeds per set. Items pair by (prompt,
+seed); McNemar's exact test on the items one base gets right and the other not sees differences that two
+separate Wilson intervals cannot. Seed 0 reproduces `stylejax eval`'s text_fidelity for the same prompts.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("runs", nargs="+", help="Muse or AR workdirs or shipped names; the first is the reference")
+  ap.add_argument("--prompts", type=int, default=96, help="held-out prompts per set (plain, named)")
+  ap.add_argument("--seeds", type=int, default=1, help="sampling seeds per prompt")
+  args = ap.parse_args()
+  import numpy as np
+  from stylejax.eval import metrics as M
+  from stylejax.eval import shapestyle_eval as E
+  from stylejax.models import scorers as scorers_lib
+  scorers = scorers_lib.scorers_from_workdirs()
+  hits, shape_hits, sets = {}, {}, None
+  for run in args.runs:
+    t2i = E.text_to_image_generator(run)
+    if t2i is None:
+      sys.exit(f"error: {run} is not a Muse or text-to-image AR run; pass one (or shapestyle:base / shapestyle:ar).")
+    generate, _, frac = t2i
+    sets = sets or E.heldout_prompts(frac, args.prompts)
+    for name, (prompts, contents, _) in sets.items():
+      labels = E.content_labels(contents)
+      agree = [M.text_fidelity_agreement(scorers.classify(E.generate_all(generate, prompts, 10_007 * s)), labels)
+               for s in range(args.seeds)]
+      hits[run, name] = np.concatenate([np.logical_and.reduce(list(a.values())) for a in agree])
+      shape_hits[run, name] = np.concatenate([a["shape"] for a in agree])
+      m, sh = M.rate_ci(hits[run, name]), shape_hits[run, name].mean()
+      print(f"{run} {name}: text_fidelity {m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] "
+            f"(n = {m['n']}), shape {sh:.3f}", flush=True)
+  ref = args.runs[0]
+  for run in args.runs[1:]:
+    for name in sets:
+      print(f"{run} vs {ref} {name}: text_fidelity {M.paired_report(hits[ref, name], hits[run, name])}; "
+            f"shape {M.paired_report(shape_hits[ref, name], shape_hits[run, name])}")
+
+
+if __name__ == "__main__":
+  main()
