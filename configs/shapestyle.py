@@ -169,14 +169,17 @@ STAGES = {
         ("--config.total_steps=3000", "--config.optimizer.warmup_steps=50"),
         ("--config.total_steps=2000", "--config.optimizer.warmup_steps=50", "--config.model.foreground_weight=4.0"),
     ),
-    # The shipped Muse base: 2500 steps, then 8000 more from there (fresh cosine schedule and Adam state).
-    # The plain transformer continued 2500 steps did not improve (shape accuracy 0.167 / 0.042); the
-    # conv-stage one did (README).
-    "base": ((), ("--config.total_steps=8000", "--config.checkpoint.every=1000")),
-    # The shipped AR base: 1800 steps, then 6000 more twice (fresh schedule and Adam state each time);
-    # held-out text_fidelity (n = 96, plain) rose 0.167 -> 0.323 -> 0.375 with them (README).
+    # The shipped Muse base: 2500 steps, then 8000 more and 4500 more (fresh cosine schedule and Adam state
+    # each time). The plain transformer continued 2500 steps did not improve (shape accuracy 0.167 / 0.042);
+    # the conv-stage one did, and its third stage lifted named prompts (README).
+    "base": ((), ("--config.total_steps=8000", "--config.checkpoint.every=1000"),
+             ("--config.total_steps=4500", "--config.checkpoint.every=500")),
+    # The shipped AR base: 1800 steps, then 6000 more twice and 4500 more (fresh schedule and Adam state each
+    # time); held-out text_fidelity (n = 96, plain) rose 0.167 -> 0.323 -> 0.375, then 0.411 -> 0.531 on
+    # n = 192 paired (launch/base_compare.py; README).
     "ar": ((), ("--config.total_steps=6000", "--config.checkpoint.every=1000"),
-           ("--config.total_steps=6000", "--config.checkpoint.every=1000")),
+           ("--config.total_steps=6000", "--config.checkpoint.every=1000"),
+           ("--config.total_steps=4500", "--config.checkpoint.every=500")),
     # The shipped CLIP: 6000 more steps on the vision tower alone (the text tower, which conditions both
     # bases, frozen and bit-identical): zero-shot shape accuracy (named, n = 200) 0.25 -> 0.44, and a
     # linear probe of its image embeddings 0.21 -> 0.40; then the vision tower's patchify stem replaced by
