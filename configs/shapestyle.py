@@ -175,8 +175,8 @@ STAGES = {
     "base": ((), ("--config.total_steps=8000", "--config.checkpoint.every=1000"),
              ("--config.total_steps=4500", "--config.checkpoint.every=500")),
     # The shipped AR base: 1800 steps, then 6000 more twice and 4500 more (fresh schedule and Adam state each
-    # time); held-out text_fidelity (n = 96, plain) rose 0.167 -> 0.323 -> 0.375, then 0.411 -> 0.531 on
-    # n = 192 paired (launch/base_compare.py; README).
+    # time); held-out text_fidelity (n = 96, plain) rose 0.167 -> 0.323 -> 0.375, then 0.435 -> 0.526 on
+    # n = 384 paired (launch/base_compare.py; README).
     "ar": ((), ("--config.total_steps=6000", "--config.checkpoint.every=1000"),
            ("--config.total_steps=6000", "--config.checkpoint.every=1000"),
            ("--config.total_steps=4500", "--config.checkpoint.every=500")),

@@ -26,8 +26,13 @@ def main() -> None:
   from stylejax.models import scorers as scorers_lib
   scorers = scorers_lib.scorers_from_workdirs()
   hits, shape_hits, sets = {}, {}, None
+  from stylejax.shipped import ShippedError
+  from stylejax.train.trainer import TrainError
   for run in args.runs:
-    t2i = E.text_to_image_generator(run)
+    try:
+      t2i = E.text_to_image_generator(run)
+    except (ShippedError, TrainError) as e:
+      sys.exit(f"error: {e}")
     if t2i is None:
       sys.exit(f"error: {run} is not a Muse or text-to-image AR run; pass one (or shapestyle:base / shapestyle:ar).")
     generate, _, frac = t2i

@@ -159,6 +159,14 @@ def test_eval_prompt_sets_are_held_out_and_the_same_every_call():
   assert shapestyle_eval.text_to_image_generator("shapestyle:content") is None
 
 
+def test_base_compare_names_a_bad_run_in_one_line(tmp_path, monkeypatch):
+  main = launch_module("base_compare").main
+  for bad, msg in ((str(tmp_path), "has no config.json"), ("shapestyle:nope", "unknown shipped model")):
+    monkeypatch.setattr("sys.argv", ["base_compare", bad])
+    with pytest.raises(SystemExit, match=f"^error: .*{msg}"):
+      main()
+
+
 def test_eval_dispatches_on_the_run_kind(assets, monkeypatch):
   root, runs = assets
   monkeypatch.setattr(shipped, "ASSETS", root)
