@@ -24,10 +24,10 @@ def main() -> None:
   from stylejax.eval import metrics as M
   from stylejax.eval import shapestyle_eval as E
   from stylejax.models import scorers as scorers_lib
-  scorers = scorers_lib.scorers_from_workdirs()
-  hits, shape_hits, sets = {}, {}, None
   from stylejax.shipped import ShippedError
   from stylejax.train.trainer import TrainError
+  scorers = scorers_lib.scorers_from_workdirs()
+  hits, shape_hits, sets = {}, {}, None
   for run in args.runs:
     try:
       t2i = E.text_to_image_generator(run)
@@ -35,7 +35,7 @@ def main() -> None:
       sys.exit(f"error: {e}")
     if t2i is None:
       sys.exit(f"error: {run} is not a Muse or text-to-image AR run; pass one (or shapestyle:base / shapestyle:ar).")
-    generate, _, frac = t2i
+    _, generate, _, frac = t2i
     sets = sets or E.heldout_prompts(frac, args.prompts)
     for name, (prompts, contents, _) in sets.items():
       labels = E.content_labels(contents)

@@ -169,9 +169,9 @@ def text_to_image(generate, image_size: int, heldout_fraction: float, scorers, p
   return out
 
 
-def text_to_image_generator(workdir: str) -> tuple[Any, int, float] | None:
-  """(generate(prompts, num, seed) -> uint8 images, image size, held-out prompt fraction) of a Muse or
-  text-to-image AR run or shipped name; None for any other kind of run."""
+def text_to_image_generator(workdir: str) -> tuple[str, Any, int, float] | None:
+  """(kind "muse" | "ar", generate(prompts, num, seed) -> uint8 images, image size, held-out prompt fraction) of
+  a Muse or text-to-image AR run or shipped name, from its config alone; None for any other kind of run."""
   from stylejax.models import ar_t2i, muse as muse_lib
   from stylejax.train import trainer
   from stylejax.train.task import load_task
@@ -181,26 +181,30 @@ def text_to_image_generator(workdir: str) -> tuple[Any, int, float] | None:
   if isinstance(task, muse_lib.MuseTask):
     from stylejax.models.muse_pipeline import MusePipeline
     pipe = MusePipeline.load(workdir)
-    return (lambda p, n, s: pipe.generate(p, n, s)), pipe.tokenizer.image_size, frac
+    return "muse", pipe.generate, pipe.tokenizer.image_size, frac
   if isinstance(task, ar_t2i.ARImageTask) and not config.get("style", {}).get("num_tokens"):
-    pipe = ar_t2i.ARImagePipeline.load(workdir)
-    return (lambda p, n, s: pipe.generate(p, n, s)), int(config.data.image_size), frac
+    return "ar", ar_t2i.ARImagePipeline.load(workdir).generate, int(config.data.image_size), frac
   return None
 
 
 def evaluate(workdir: str, scorers=None, seed: int = 0, quick: bool = False) -> dict[str, Any]:
   """Dispatches on the run's task: {"kind": ..., "metrics": {name: Metric}}. `quick` shrinks n ~4x."""
-  from stylejax.models import clip_task, muse as muse_lib, scorers as scorers_lib, vqgan
+  from stylejax.models import clip_task, scorers as scorers_lib, vqgan
   from stylejax.models.parts import ClipEmbedder, ImageTokenizer
   from stylejax.train import trainer
   from stylejax.train.task import load_task
-  config, params = trainer.load_params(workdir, devices=None)
-  task = load_task(config)
-  params = trainer.params_to_numpy(params)
   k = 4 if quick else 1
 
   def need_scorers():
     return scorers if scorers is not None else scorers_lib.scorers_from_workdirs()
+
+  t2i = text_to_image_generator(workdir)  # its pipeline loads the weights itself
+  if t2i is not None:
+    kind, generate, image_size, frac = t2i
+    return {"kind": kind, "metrics": text_to_image(generate, image_size, frac, need_scorers(), 96 // k, seed)}
+  config, params = trainer.load_params(workdir, devices=None)
+  task = load_task(config)
+  params = trainer.params_to_numpy(params)
 
   if isinstance(task, scorers_lib.ContentClassifierTask):
     s = scorers_lib.Scorers(content_config=config.model.to_dict(), content_params=params,
@@ -214,10 +218,5 @@ def evaluate(workdir: str, scorers=None, seed: int = 0, quick: bool = False) -> 
     return {"kind": "tokenizer", "metrics": tokenizer(ImageTokenizer(task, params), need_scorers(), 300 // k, seed)}
   if isinstance(task, clip_task.CLIPTask):
     return {"kind": "clip", "metrics": clip_zero_shot(ClipEmbedder(task, params), 600 // k, seed)}
-  t2i = text_to_image_generator(workdir)
-  if t2i is not None:
-    generate, image_size, frac = t2i
-    kind = "muse" if isinstance(task, muse_lib.MuseTask) else "ar"
-    return {"kind": kind, "metrics": text_to_image(generate, image_size, frac, need_scorers(), 96 // k, seed)}
   raise ValueError(f"{workdir} is a {type(task).__name__} run; `stylejax eval` knows tokenizer, clip, "
                    f"scorer, Muse and StyleDrop runs.")
