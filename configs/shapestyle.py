@@ -171,7 +171,8 @@ STAGES = {
     ),
     # The shipped Muse base: 2500 steps, then 8000 more and 4500 more (fresh cosine schedule and Adam state
     # each time). The plain transformer continued 2500 steps did not improve (shape accuracy 0.167 / 0.042);
-    # the conv-stage one did, and its third stage lifted named prompts (README).
+    # the conv-stage one did, and its third stage lifted named prompts (README); a fourth (4500 steps on a new
+    # data stream) did not and is not part of it (launch/SHAPESTYLE_FINDINGS.md, stop 34).
     "base": ((), ("--config.total_steps=8000", "--config.checkpoint.every=1000"),
              ("--config.total_steps=4500", "--config.checkpoint.every=500")),
     # The shipped AR base: 1800 steps, then 6000 more twice and 4500 more (fresh schedule and Adam state each
