@@ -11,7 +11,9 @@ Variants (each a configs/stylear.py run initialised from --base, same steps and 
 Each is scored with `stylear.evaluate` (held-out styles x prompts of another shape x samples):
 text_fidelity, style_fidelity, content_leakage, clip_t, clip_i as mean [95% CI]; the structure
 variant also gets structure adherence (IoU of the estimated foreground with the given mask, with its
-chance level and the estimator's ceiling on true renders).
+chance level and the estimator's ceiling on true renders). Every variant scores the same items
+(same protocol and seed), so the binary metrics are also compared paired against the recipe
+(`stylear`): discordant counts and the exact McNemar p, far more sensitive than overlapping CIs.
 
   python launch/stylear_ablations.py --base /tmp/ar --out /tmp/stylear_ablations --steps 2000
   python launch/stylear_ablations.py --runlocal --out /tmp/abl        # seconds: random parts and base
@@ -47,6 +49,8 @@ VARIANTS: dict[str, tuple[dict[str, str], dict[str, Any]]] = {
 }
 DPO, BASE = "stylear_dpo", "base"
 STRUCTURE = ("structure_iou", "structure_iou_chance", "structure_iou_ceiling")
+PAIRED = ("text_fidelity", "content_leakage")  # binary per image: compared item by item against RECIPE
+RECIPE = "stylear"
 LABELS = {
     "stylear": "StyleAR (noise 0.1/0.3, mix 1:3)",
     "no_noise": "no style-enhanced tokens",
@@ -86,7 +90,29 @@ def _fmt(m: dict[str, Any] | None) -> str:
   return f"{m['mean']:.3f}{ci}"
 
 
-def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
+def paired_lines(per_image: dict[str, dict[str, list[float]]]) -> list[str]:
+  """Markdown rows: each variant's binary metrics vs the recipe's on the same items (NaN items skipped)."""
+  import numpy as np
+  from stylejax.eval import metrics as M
+  if RECIPE not in per_image:
+    return []
+  rows = []
+  for name, scores in per_image.items():
+    if name == RECIPE:
+      continue
+    cells = []
+    for k in PAIRED:
+      a, b = np.asarray(per_image[RECIPE][k], float), np.asarray(scores[k], float)
+      keep = ~np.isnan(a) & ~np.isnan(b)
+      cells.append(M.paired_report(a[keep], b[keep]))
+    rows.append("| " + " | ".join([LABELS.get(name, name)] + cells) + " |")
+  head = ["variant"] + [f"{k} (recipe -> variant)" for k in PAIRED]
+  intro = f"Paired against {LABELS[RECIPE]} on the same items (gained / lost items, exact McNemar p):"
+  return ["", intro, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + rows if rows else []
+
+
+def table(results: dict[str, dict[str, Any]], args: argparse.Namespace,
+          per_image: dict[str, dict[str, list[float]]] | None = None) -> str:
   ns = {k: next((r[k]["n"] for r in results.values() if k in r), 0) for k in METRICS}
   head = ["variant"] + [f"{k} (n={ns[k]})" for k in METRICS]
   lines = [f"StyleAR ablations on ShapeStyle: {args.steps} steps per variant from base "
@@ -96,6 +122,7 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, r in results.items():
     lines.append("| " + " | ".join([LABELS.get(name, name)] + [_fmt(r.get(k)) for k in METRICS]) + " |")
+  lines += paired_lines(per_image or {})
   rows = {name: r for name, r in results.items() if "structure_iou" in r}
   if rows:
     lines += ["", "Structure adherence: IoU of the estimated foreground (`metrics.foreground_mask`) with the given mask; "
@@ -111,15 +138,16 @@ COMPARABLE = ("base", "steps", "dpo_steps", "runlocal", "scorers", "num_styles",
               "dpo_prompts", "seed", "config_set")
 
 
-def earlier_results(path: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-  """Results an earlier invocation with the same settings left in OUT/ablations.json, so variants run
-  in several invocations end up in one table (a different setting starts the table afresh)."""
+def earlier_results(path: str, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Results (and per-image scores) an earlier invocation with the same settings left in
+  OUT/ablations.json, so variants run in several invocations end up in one table (a different
+  setting starts the table afresh)."""
   if not os.path.exists(path):
-    return {}
+    return {}, {}
   with open(path) as f:
     earlier = json.load(f)
   same = all(earlier.get("args", {}).get(k) == json.loads(json.dumps(getattr(args, k))) for k in COMPARABLE)
-  return earlier.get("results", {}) if same else {}
+  return (earlier.get("results", {}), earlier.get("per_image", {})) if same else ({}, {})
 
 
 def _train(spec: str, workdir: str, overrides: dict[str, str]):
@@ -186,17 +214,23 @@ def main(argv: list[str] | None = None) -> str:
                  seed=args.seed, batch_size=8 if args.runlocal else 32)
   os.makedirs(args.out, exist_ok=True)
   results: dict[str, dict[str, Any]] = {}
+  per_image: dict[str, dict[str, list[float]]] = {}
+
+  def evaluate(name: str, pipe: Any, **overrides: Any) -> None:
+    results[name], scores = stylear.evaluate(pipe, scorers, **eval_kw, **overrides, return_per_image=True)
+    per_image[name] = {k: [float(x) for x in scores[k]] for k in PAIRED}
+
   if BASE in wanted:
     if not args.base:
       p.error("the base variant evaluates --base; name one (e.g. --base shapestyle:ar)")
-    results[BASE] = stylear.evaluate(stylear.load(args.base), scorers, **eval_kw)
+    evaluate(BASE, stylear.load(args.base))
   pipes = {}
   needs_recipe = DPO in wanted and "stylear" not in wanted
   for name in [v for v in VARIANTS if v in wanted or (needs_recipe and v == "stylear")]:
     overrides, eval_overrides = VARIANTS[name]
     pipes[name] = _train("configs/stylear.py" + suffix, os.path.join(args.out, name), {**common, **overrides})
     if name in wanted:
-      results[name] = stylear.evaluate(pipes[name], scorers, **eval_kw, **eval_overrides)
+      evaluate(name, pipes[name], **eval_overrides)
       print(f"{name}: " + ", ".join(f"{k} {_fmt(results[name].get(k))}" for k in METRICS), flush=True)
   if DPO in wanted:
     recipe, pairs = os.path.join(args.out, "stylear"), os.path.join(args.out, "dpo_pairs.npz")
@@ -212,14 +246,18 @@ def main(argv: list[str] | None = None) -> str:
     if args.dpo_steps:
       overrides["total_steps"] = str(args.dpo_steps)
     pipe = _train(dpo_spec, os.path.join(args.out, DPO), overrides)
-    results[DPO] = stylear.evaluate(pipe, scorers, **eval_kw)
-  results = {**earlier_results(os.path.join(args.out, "ablations.json"), args), **results}
-  results = {name: results[name] for name in [BASE, *VARIANTS, DPO] if name in results}
-  text = table(results, args)
+    evaluate(DPO, pipe)
+  earlier, earlier_per_image = earlier_results(os.path.join(args.out, "ablations.json"), args)
+  def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    both = {**old, **new}
+    return {name: both[name] for name in [BASE, *VARIANTS, DPO] if name in both}
+
+  results, per_image = merged(earlier, results), merged(earlier_per_image, per_image)
+  text = table(results, args, per_image)
   with open(os.path.join(args.out, "ablations.md"), "w") as f:
     f.write(text)
   with open(os.path.join(args.out, "ablations.json"), "w") as f:
-    json.dump({"args": vars(args), "results": results}, f, indent=2)
+    json.dump({"args": vars(args), "results": results, "per_image": per_image}, f, indent=2)
   print(text)
   return text
 

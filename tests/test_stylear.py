@@ -241,6 +241,21 @@ def test_ablation_script_passes_config_and_dpo_overrides_to_both_runs(tmp_path, 
   tuned = json.load(open(os.path.join(out, "stylear_dpo", "config.json")))
   assert recipe["model"]["lora_rank"] == tuned["model"]["lora_rank"] == 2  # --set reaches the DPO run too
   assert tuned["dpo"]["sft_weight"] == 1.0 and tuned["dpo"]["min_gap"] == 0.001
+  saved = json.load(open(os.path.join(out, "ablations.json")))
+  assert set(saved["per_image"]) == {"stylear_dpo"}  # the recipe trained for DPO but was not asked for
+  n = saved["results"]["stylear_dpo"]["text_fidelity"]["n"]
+  assert len(saved["per_image"]["stylear_dpo"]["text_fidelity"]) == n
+
+
+def test_ablation_table_pairs_each_variant_with_the_recipe_item_by_item():
+  nan = float("nan")
+  per_image = {"stylear": {"text_fidelity": [1, 0, 0, 0, 1, 0], "content_leakage": [1, nan, 0, 1, nan, 0]},
+               "stylear_dpo": {"text_fidelity": [1, 1, 1, 0, 0, 1], "content_leakage": [0, nan, 0, 0, nan, 1]}}
+  rows = _ablations().paired_lines(per_image)
+  dpo = next(r for r in rows if r.startswith("| StyleAR + DPO"))
+  assert "0.333 -> 0.667 (+3 / -1, McNemar p = 0.625)" in dpo  # text: items 1, 2, 5 gained, 4 lost
+  assert "0.500 -> 0.250 (+1 / -2, McNemar p = 1)" in dpo  # leakage on the 4 items where it counts
+  assert _ablations().paired_lines({"stylear_dpo": per_image["stylear_dpo"]}) == []  # no recipe, no pairing
 
 
 def test_full_config_reads_style_tokens_from_the_clip_style_part():

@@ -263,8 +263,8 @@ def _batched(pipe: ARImagePipeline, texts: list[str], seeds: Sequence[int], styl
 
 
 def evaluate(workdir: str | ARImagePipeline, scorers: Any, num_styles: int = 10, prompts_per_style: int = 20,
-             samples: int = 4, seed: int = 0, batch_size: int = 32, clip: bool = True,
-             **overrides: Any) -> dict[str, M.Metric]:
+             samples: int = 4, seed: int = 0, batch_size: int = 32, clip: bool = True, return_per_image: bool = False,
+             **overrides: Any) -> dict[str, M.Metric] | tuple[dict[str, M.Metric], dict[str, np.ndarray]]:
   """StyleAR's protocol (10 styles x 20 prompts x 4 images) on ShapeStyle held-out styles.
 
   Style k: `ss.heldout_style(k)`, one reference image of a random content; its M prompts are
@@ -272,7 +272,9 @@ def evaluate(workdir: str | ARImagePipeline, scorers: Any, num_styles: int = 10,
   image). A run without style tokens (the AR base) gets the style through its caption words
   instead ("... in {descriptor} style"). Metrics (overall): text_fidelity, style_fidelity,
   content_leakage and, with `clip`, clip_t (vs the content prompt) and clip_i (vs the reference),
-  each {"mean", "ci95", "n"}. `overrides`: sampling settings as in `generate`.
+  each {"mean", "ci95", "n"}. `overrides`: sampling settings as in `generate`. With `return_per_image`,
+  also the per-image scores ({name: [N]} in job order, NaN where a metric does not count): two runs
+  evaluated with the same arguments score the same items, so they can be compared paired.
   """
   pipe = workdir if isinstance(workdir, ARImagePipeline) else load(workdir)
   size = pipe.image_size
@@ -308,7 +310,8 @@ def evaluate(workdir: str | ARImagePipeline, scorers: Any, num_styles: int = 10,
     per_image["clip_i"] = M.cosine(img, embedder.embed_images(np.stack(refs))[si])
   if structure is not None:
     per_image.update(structure_scores(images, structure, contents, [styles[i] for i in si], seeds))
-  return protocol.aggregate(per_image)["overall"]
+  overall = protocol.aggregate(per_image)["overall"]
+  return (overall, per_image) if return_per_image else overall
 
 
 def structure_scores(images: np.ndarray, masks: np.ndarray, contents: Sequence[ss.Content],
