@@ -12,8 +12,9 @@ Each is scored with `stylear.evaluate` (held-out styles x prompts of another sha
 text_fidelity, style_fidelity, content_leakage, clip_t, clip_i as mean [95% CI]; the structure
 variant also gets structure adherence (IoU of the estimated foreground with the given mask, with its
 chance level and the estimator's ceiling on true renders). Every variant scores the same items
-(same protocol and seed), so the binary metrics are also compared paired against the recipe
-(`stylear`): discordant counts and the exact McNemar p, far more sensitive than overlapping CIs.
+(same protocol and seed), so each is also compared paired against the recipe (`stylear`): the binary
+metrics by discordant counts and the exact McNemar p, style_fidelity by the mean per-image difference
+[95% CI] - far more sensitive than overlapping CIs.
 
   python launch/stylear_ablations.py --base /tmp/ar --out /tmp/stylear_ablations --steps 2000
   python launch/stylear_ablations.py --runlocal --out /tmp/abl        # seconds: random parts and base
@@ -49,7 +50,8 @@ VARIANTS: dict[str, tuple[dict[str, str], dict[str, Any]]] = {
 }
 DPO, BASE = "stylear_dpo", "base"
 STRUCTURE = ("structure_iou", "structure_iou_chance", "structure_iou_ceiling")
-PAIRED = ("text_fidelity", "content_leakage")  # binary per image: compared item by item against RECIPE
+PAIRED = ("text_fidelity", "content_leakage", "style_fidelity")  # compared item by item against RECIPE
+PAIRED_RATES = ("text_fidelity", "content_leakage")  # binary: McNemar; the rest: mean difference
 RECIPE = "stylear"
 LABELS = {
     "stylear": "StyleAR (noise 0.1/0.3, mix 1:3)",
@@ -104,10 +106,14 @@ def paired_lines(per_image: dict[str, dict[str, list[float]]]) -> list[str]:
     for k in PAIRED:
       a, b = np.asarray(per_image[RECIPE][k], float), np.asarray(scores[k], float)
       keep = ~np.isnan(a) & ~np.isnan(b)
-      cells.append(M.paired_report(a[keep], b[keep]))
+      if k in PAIRED_RATES:
+        cells.append(M.paired_report(a[keep], b[keep]))
+      else:
+        cells.append(f"{a[keep].mean():.3f} -> {b[keep].mean():.3f} (difference {_fmt(M.mean_ci(b[keep] - a[keep]))})")
     rows.append("| " + " | ".join([LABELS.get(name, name)] + cells) + " |")
   head = ["variant"] + [f"{k} (recipe -> variant)" for k in PAIRED]
-  intro = f"Paired against {LABELS[RECIPE]} on the same items (gained / lost items, exact McNemar p):"
+  intro = (f"Paired against {LABELS[RECIPE]} on the same items: rates as gained / lost items and the exact "
+           "McNemar p; style_fidelity as the mean per-image difference [95% CI].")
   return ["", intro, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + rows if rows else []
 
 
