@@ -93,7 +93,7 @@ def _fmt(m: dict[str, Any] | None) -> str:
 
 
 def paired_lines(per_image: dict[str, dict[str, list[float]]]) -> list[str]:
-  """Markdown rows: each variant's binary metrics vs the recipe's on the same items (NaN items skipped)."""
+  """Markdown rows: each variant's PAIRED metrics vs the recipe's on the same items (NaN items skipped)."""
   import numpy as np
   from stylejax.eval import metrics as M
   if RECIPE not in per_image:
@@ -109,7 +109,8 @@ def paired_lines(per_image: dict[str, dict[str, list[float]]]) -> list[str]:
       if k in PAIRED_RATES:
         cells.append(M.paired_report(a[keep], b[keep]))
       else:
-        cells.append(f"{a[keep].mean():.3f} -> {b[keep].mean():.3f} (difference {_fmt(M.mean_ci(b[keep] - a[keep]))})")
+        diff = _fmt(M.mean_ci(b[keep] - a[keep]))
+        cells.append(f"{a[keep].mean():.3f} -> {b[keep].mean():.3f} (difference {diff})")
     rows.append("| " + " | ".join([LABELS.get(name, name)] + cells) + " |")
   head = ["variant"] + [f"{k} (recipe -> variant)" for k in PAIRED]
   intro = (f"Paired against {LABELS[RECIPE]} on the same items: rates as gained / lost items and the exact "
@@ -254,6 +255,7 @@ def main(argv: list[str] | None = None) -> str:
     pipe = _train(dpo_spec, os.path.join(args.out, DPO), overrides)
     evaluate(DPO, pipe)
   earlier, earlier_per_image = earlier_results(os.path.join(args.out, "ablations.json"), args)
+
   def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     both = {**old, **new}
     return {name: both[name] for name in [BASE, *VARIANTS, DPO] if name in both}
