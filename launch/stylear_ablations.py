@@ -106,11 +106,8 @@ def paired_lines(per_image: dict[str, dict[str, list[float]]]) -> list[str]:
     for k in PAIRED:
       a, b = np.asarray(per_image[RECIPE][k], float), np.asarray(scores[k], float)
       keep = ~np.isnan(a) & ~np.isnan(b)
-      if k in PAIRED_RATES:
-        cells.append(M.paired_report(a[keep], b[keep]))
-      else:
-        diff = _fmt(M.mean_ci(b[keep] - a[keep]))
-        cells.append(f"{a[keep].mean():.3f} -> {b[keep].mean():.3f} (difference {diff})")
+      report = M.paired_report if k in PAIRED_RATES else M.paired_difference
+      cells.append(report(a[keep], b[keep]))
     rows.append("| " + " | ".join([LABELS.get(name, name)] + cells) + " |")
   head = ["variant"] + [f"{k} (recipe -> variant)" for k in PAIRED]
   intro = (f"Paired against {LABELS[RECIPE]} on the same items: rates as gained / lost items and the exact "

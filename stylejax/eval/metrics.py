@@ -90,6 +90,15 @@ def paired_report(ref_hits: Any, hits: Any) -> str:
   return f"{a.mean():.3f} -> {b.mean():.3f} (+{gained} / -{lost}, McNemar p = {mcnemar_exact(gained, lost):.3g})"
 
 
+def paired_difference(ref_scores: Any, scores: Any) -> str:
+  """One line for two systems' continuous scores [N] on the same items: means and the mean per-item
+  difference with its normal 95% interval."""
+  a, b = np.asarray(ref_scores, np.float64).reshape(-1), np.asarray(scores, np.float64).reshape(-1)
+  d = mean_ci(b - a)
+  ci = f" [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]" if d["ci95"][0] is not None else ""
+  return f"{a.mean():.3f} -> {b.mean():.3f} (difference {d['mean']:.3f}{ci})"
+
+
 # ------------------------------------------------------------------------------ similarity
 def cosine(a: Any, b: Any, eps: float = 1e-12) -> np.ndarray:
   """Row-wise cosine of a [N, D] and b [N, D] (either may be [D], broadcast) -> [N]."""
