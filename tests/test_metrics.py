@@ -158,3 +158,52 @@ def test_paired_report_counts_only_the_discordant_items():
   line = M.paired_report(ref, new)
   assert line.startswith("0.500 -> 0.833 (+3 / -1,")
   assert f"p = {M.mcnemar_exact(3, 1):.3g})" in line
+
+
+def test_cluster_bootstrap_se_sees_clustering():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=400)
+  iid = x.std(ddof=1) / np.sqrt(x.size)
+  # one item per cluster: the ordinary standard error (bootstrap noise ~2% at 4000 draws)
+  assert abs(M.cluster_bootstrap_se(x, np.arange(400)) / iid - 1) < 0.05
+  # 8 clusters of 50 identical items: the exact bootstrap sd is the cluster means' population sd / sqrt(8)
+  c = rng.normal(size=8)
+  blocks, ids = np.repeat(c, 50), np.repeat(np.arange(8), 50)
+  assert abs(M.cluster_bootstrap_se(blocks, ids) / (c.std() / np.sqrt(8)) - 1) < 0.05
+  assert M.cluster_bootstrap_se(blocks, ids) > 3 * blocks.std(ddof=1) / np.sqrt(blocks.size)
+  # NaN items do not count (pairs with one NaN each = the other item alone); same seed, same number
+  y = np.where(np.arange(400) % 2, np.nan, x)
+  assert M.cluster_bootstrap_se(y, np.arange(400) // 2) == M.cluster_bootstrap_se(x[::2], np.arange(200))
+  with pytest.raises(ValueError, match="one cluster id per value"):
+    M.cluster_bootstrap_se(x, np.arange(5))
+
+
+def test_eval_replication_z_between_two_evaluation_sets(tmp_path, capsys):
+  """launch/eval_replication.py: z = difference of two sets' means over the combined SE; clustering by
+  reference widens the SE when a reference's images agree with each other; bad pairs get one clear error."""
+  from _testutil import launch_module
+  rep = launch_module("eval_replication")
+  styles, prompts, samples = 4, 2, 3
+  per_style = np.repeat([0.1, 0.4, 0.2, 0.5], prompts * samples)  # every image of a reference scores alike
+  args = dict(base="b", steps=1, runlocal=False, scorers="", config_set=[], num_styles=styles,
+              prompts_per_style=prompts, samples=samples)
+  paths = []
+  for seed, shift in ((0, 0.0), (1, 0.1)):
+    scores = {"text_fidelity": list((np.arange(24) % 2 == seed).astype(float)), "content_leakage": [0.0] * 24,
+              "style_fidelity": list(per_style + shift)}
+    (tmp_path / str(seed)).mkdir()
+    (tmp_path / str(seed) / "ablations.json").write_text(json.dumps(
+        {"args": {**args, "seed": seed}, "per_image": {"stylear": scores, "stylear_dpo": scores}}))
+    paths.append(str(tmp_path / str(seed)))
+  text = rep.main(paths)
+  assert "stylear_dpo" not in text  # each run's DPO model is its own: left out unless asked for
+  style_row = next(r for r in text.splitlines() if r.startswith("| stylear | style_fidelity"))
+  z = [float(c) for c in style_row.strip("| ").split(" | ")[4:]]
+  se = per_style.std(ddof=1) / np.sqrt(24)
+  assert z[0] == pytest.approx(-0.1 / np.hypot(se, se), abs=0.01)  # iid
+  assert abs(z[2]) < abs(z[1]) < abs(z[0])  # prompt cells, then whole references: wider SEs
+  assert "| stylear | text_fidelity | 0.500 | 0.500 | +0.00 |" in text
+  for bad, message in (([paths[0]], "come in pairs"), ([paths[0], str(tmp_path / "x")], "not found")):
+    with pytest.raises(SystemExit):
+      rep.main(bad)
+    assert message in capsys.readouterr().err

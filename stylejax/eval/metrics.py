@@ -99,6 +99,24 @@ def paired_difference(ref_scores: Any, scores: Any) -> str:
   return f"{a.mean():.3f} -> {b.mean():.3f} (difference {d['mean']:.3f}{ci})"
 
 
+def cluster_bootstrap_se(values: Any, clusters: Any, n_boot: int = 4000, seed: int = 0) -> float:
+  """Standard error of the pooled mean of `values` [N] (NaN skipped) when whole clusters [N] (ids; e.g.
+  the reference style of each image) are resampled with replacement (the cluster bootstrap, Davison &
+  Hinkley 1997 sec. 3.8). Items of one cluster share a reference or prompt, so they are not independent
+  draws; with one item per cluster this is the usual sd / sqrt(n)."""
+  v = np.asarray(values, np.float64).reshape(-1)
+  ids = np.unique(np.asarray(clusters).reshape(-1), return_inverse=True)[1]
+  if ids.size != v.size:
+    raise ValueError(f"cluster_bootstrap_se needs one cluster id per value; got {ids.size} for {v.size}.")
+  ok = ~np.isnan(v)
+  sums = np.bincount(ids, np.where(ok, v, 0.0))
+  counts = np.bincount(ids, ok.astype(np.float64))
+  k = sums.size
+  draw = np.random.default_rng(seed).integers(0, k, (n_boot, k))
+  means = sums[draw].sum(1) / np.maximum(counts[draw].sum(1), 1.0)
+  return float(means.std(ddof=1))
+
+
 # ------------------------------------------------------------------------------ similarity
 def cosine(a: Any, b: Any, eps: float = 1e-12) -> np.ndarray:
   """Row-wise cosine of a [N, D] and b [N, D] (either may be [D], broadcast) -> [N]."""
