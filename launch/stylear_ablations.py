@@ -85,15 +85,17 @@ def random_scorers(image_size: int = 32, seed: int = 0):
 
 
 def _fmt(m: dict[str, Any] | None) -> str:
+  """mean [clustered 95% CI]; results from before `ci95_clustered` existed show the per-image CI, marked †."""
   if not m or m.get("mean") is None:
     return "–"
-  lo, hi = m["ci95"]
+  lo, hi = m.get("ci95_clustered", m["ci95"])
   ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
-  return f"{m['mean']:.3f}{ci}"
+  return f"{m['mean']:.3f}{ci}" + ("" if "ci95_clustered" in m else "†")
 
 
-def paired_lines(per_image: dict[str, dict[str, list[float]]]) -> list[str]:
-  """Markdown rows: each variant's PAIRED metrics vs the recipe's on the same items (NaN items skipped)."""
+def paired_lines(per_image: dict[str, dict[str, list[float]]], samples: int = 1) -> list[str]:
+  """Markdown rows: each variant's PAIRED metrics vs the recipe's on the same items (NaN items skipped);
+  `samples` per prompt (job order groups them) makes the (reference, prompt) clusters of the clustered CIs."""
   import numpy as np
   from stylejax.eval import metrics as M
   if RECIPE not in per_image:
@@ -107,11 +109,12 @@ def paired_lines(per_image: dict[str, dict[str, list[float]]]) -> list[str]:
       a, b = np.asarray(per_image[RECIPE][k], float), np.asarray(scores[k], float)
       keep = ~np.isnan(a) & ~np.isnan(b)
       report = M.paired_report if k in PAIRED_RATES else M.paired_difference
-      cells.append(report(a[keep], b[keep]))
+      cells.append(report(a[keep], b[keep], (np.arange(a.size) // samples)[keep]))
     rows.append("| " + " | ".join([LABELS.get(name, name)] + cells) + " |")
   head = ["variant"] + [f"{k} (recipe -> variant)" for k in PAIRED]
   intro = (f"Paired against {LABELS[RECIPE]} on the same items: rates as gained / lost items and the exact "
-           "McNemar p; style_fidelity as the mean per-image difference [95% CI].")
+           "McNemar p; style_fidelity as the mean per-image difference [95% CI]; each with the difference's "
+           "95% CI clustered by (reference, prompt).")
   return ["", intro, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + rows if rows else []
 
 
@@ -121,12 +124,13 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace,
   head = ["variant"] + [f"{k} (n={ns[k]})" for k in METRICS]
   lines = [f"StyleAR ablations on ShapeStyle: {args.steps} steps per variant from base "
            f"{args.base or '(random)'}; eval {args.num_styles} held-out styles x {args.prompts_per_style} "
-           f"prompts x {args.samples} samples, seed {args.seed}. Mean [95% CI]; text_fidelity / "
-           f"content_leakage are rates (Wilson), the rest cosines (normal).", "",
+           f"prompts x {args.samples} samples, seed {args.seed}. Mean [95% CI, clustered by (reference, "
+           f"prompt): cluster bootstrap, `metrics.cluster_ci`]; † the per-image CI (Wilson for text_fidelity / "
+           f"content_leakage, normal for cosines) of results from before clustered CIs.", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, r in results.items():
     lines.append("| " + " | ".join([LABELS.get(name, name)] + [_fmt(r.get(k)) for k in METRICS]) + " |")
-  lines += paired_lines(per_image or {})
+  lines += paired_lines(per_image or {}, args.samples)
   rows = {name: r for name, r in results.items() if "structure_iou" in r}
   if rows:
     lines += ["", "Structure adherence: IoU of the estimated foreground (`metrics.foreground_mask`) with the given mask; "

@@ -133,7 +133,13 @@ def test_evaluation_protocol_jobs_and_aggregation():
   sim = np.linspace(0.0, 1.1, 12)
   rep = proto.aggregate({"text_fidelity": fidelity, "content_leakage": leak, "clip_t": sim},
                         group_metrics={"size": lambda idx: M.mean_ci([len(idx)])})
+  clustered = {k: m.pop("ci95_clustered") for k, m in rep["overall"].items() if k != "size"}
   assert rep["overall"]["text_fidelity"] == M.rate_ci(fidelity)
+  # resampled by (style, prompt) cell: jobs 2k and 2k + 1 are one prompt's two samples
+  assert clustered["text_fidelity"] == M.cluster_ci(fidelity, np.arange(12) // 2, rate=True)["ci95"]
+  assert clustered["clip_t"] == M.cluster_ci(sim, np.arange(12) // 2)["ci95"]
+  for m in rep["per_style"]["pixel"].values():
+    m.pop("ci95_clustered", None)
   assert rep["overall"]["content_leakage"]["n"] == 8 and rep["overall"]["content_leakage"]["mean"] == 0.5
   assert rep["per_style"]["neon"]["text_fidelity"]["mean"] == pytest.approx(5 / 6)
   assert rep["per_style"]["pixel"]["content_leakage"] == M.rate_ci([1, 1, 0, 1])
@@ -176,6 +182,13 @@ def test_cluster_bootstrap_se_sees_clustering():
   assert M.cluster_bootstrap_se(y, np.arange(400) // 2) == M.cluster_bootstrap_se(x[::2], np.arange(200))
   with pytest.raises(ValueError, match="one cluster id per value"):
     M.cluster_bootstrap_se(x, np.arange(5))
+  # cluster_ci: pairs of equal items carry half the information of independent ones (interval ~sqrt(2) wider)
+  pairs = np.repeat(x[:200], 2)
+  iid, clustered = M.mean_ci(pairs)["ci95"], M.cluster_ci(pairs, np.arange(400) // 2)["ci95"]
+  assert (clustered[1] - clustered[0]) / (iid[1] - iid[0]) == pytest.approx(np.sqrt(2), rel=0.06)
+  rate = M.cluster_ci([0, 0, 0, 1, np.nan], [0, 0, 1, 1, 2], rate=True)
+  assert rate["n"] == 4 and rate["mean"] == 0.25 and rate["ci95"][0] == 0.0  # clipped at 0, NaN skipped
+  assert M.cluster_ci([1.0, 2.0], [0, 0])["ci95"] == [None, None]  # one cluster: no interval
 
 
 def test_eval_replication_z_between_two_evaluation_sets(tmp_path, capsys):

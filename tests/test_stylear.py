@@ -253,11 +253,15 @@ def test_ablation_table_pairs_each_variant_with_the_recipe_item_by_item():
                "stylear_dpo": {"text_fidelity": [1, 1, 1, 0, 0, 1], "content_leakage": [0, nan, 0, 0, nan, 1]}}
   per_image["stylear"]["style_fidelity"] = [0.1, 0.2, 0.3, 0.1, 0.2, 0.3]
   per_image["stylear_dpo"]["style_fidelity"] = [0.2, 0.3, 0.4, 0.2, 0.3, 0.4]  # +0.1 on every item
-  rows = _ablations().paired_lines(per_image)
+  rows = _ablations().paired_lines(per_image, samples=2)
   dpo = next(r for r in rows if r.startswith("| StyleAR + DPO"))
-  assert "0.333 -> 0.667 (+3 / -1, McNemar p = 0.625)" in dpo  # text: items 1, 2, 5 gained, 4 lost
-  assert "0.500 -> 0.250 (+1 / -2, McNemar p = 1)" in dpo  # leakage on the 4 items where it counts
-  assert "0.200 -> 0.300 (difference 0.100 [0.100, 0.100])" in dpo  # style: the paired difference, zero spread
+  assert "0.333 -> 0.667 (+3 / -1, McNemar p = 0.625, clustered [" in dpo  # text: items 1, 2, 5 gained, 4 lost
+  assert "0.500 -> 0.250 (+1 / -2, McNemar p = 1, clustered [" in dpo  # leakage on the 4 items where it counts
+  # style: the paired difference, zero spread per item and per (reference, prompt) pair of samples
+  assert "0.200 -> 0.300 (difference 0.100 [0.100, 0.100], clustered [0.100, 0.100])" in dpo
+  from stylejax.eval import metrics as M
+  ci = M.cluster_ci(np.array([0, 1, 1, 0, -1, 1.0]), np.arange(6) // 2)["ci95"]
+  assert f"clustered [{ci[0]:.3f}, {ci[1]:.3f}]" in dpo  # text differences resampled in pairs of samples
   assert _ablations().paired_lines({"stylear_dpo": per_image["stylear_dpo"]}) == []  # no recipe, no pairing
 
 

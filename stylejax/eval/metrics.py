@@ -83,20 +83,30 @@ def mcnemar_exact(gained: int, lost: int) -> float:
   return min(1.0, 2 * tail)
 
 
-def paired_report(ref_hits: Any, hits: Any) -> str:
-  """One line for two systems' binary outcomes [N] on the same items: means, discordant counts, McNemar p."""
+def _clustered_difference(diff: np.ndarray, clusters: Any) -> str:
+  d = cluster_ci(diff, clusters)
+  return f", clustered [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]" if d["ci95"][0] is not None else ""
+
+
+def paired_report(ref_hits: Any, hits: Any, clusters: Any = None) -> str:
+  """One line for two systems' binary outcomes [N] on the same items: means, discordant counts, McNemar p
+  and, given `clusters` [N], the 95% interval of the rate difference under the cluster bootstrap (McNemar
+  takes the items as independent)."""
   a, b = np.asarray(ref_hits, bool).reshape(-1), np.asarray(hits, bool).reshape(-1)
   gained, lost = int((~a & b).sum()), int((a & ~b).sum())
-  return f"{a.mean():.3f} -> {b.mean():.3f} (+{gained} / -{lost}, McNemar p = {mcnemar_exact(gained, lost):.3g})"
+  extra = "" if clusters is None else _clustered_difference(b.astype(np.float64) - a, clusters)
+  return (f"{a.mean():.3f} -> {b.mean():.3f} (+{gained} / -{lost}, McNemar p = "
+          f"{mcnemar_exact(gained, lost):.3g}{extra})")
 
 
-def paired_difference(ref_scores: Any, scores: Any) -> str:
+def paired_difference(ref_scores: Any, scores: Any, clusters: Any = None) -> str:
   """One line for two systems' continuous scores [N] on the same items: means and the mean per-item
-  difference with its normal 95% interval."""
+  difference with its normal 95% interval (and, given `clusters` [N], the cluster-bootstrap one)."""
   a, b = np.asarray(ref_scores, np.float64).reshape(-1), np.asarray(scores, np.float64).reshape(-1)
   d = mean_ci(b - a)
   ci = f" [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]" if d["ci95"][0] is not None else ""
-  return f"{a.mean():.3f} -> {b.mean():.3f} (difference {d['mean']:.3f}{ci})"
+  extra = "" if clusters is None else _clustered_difference(b - a, clusters)
+  return f"{a.mean():.3f} -> {b.mean():.3f} (difference {d['mean']:.3f}{ci}{extra})"
 
 
 def cluster_bootstrap_se(values: Any, clusters: Any, n_boot: int = 4000, seed: int = 0) -> float:
@@ -115,6 +125,21 @@ def cluster_bootstrap_se(values: Any, clusters: Any, n_boot: int = 4000, seed: i
   draw = np.random.default_rng(seed).integers(0, k, (n_boot, k))
   means = sums[draw].sum(1) / np.maximum(counts[draw].sum(1), 1.0)
   return float(means.std(ddof=1))
+
+
+def cluster_ci(values: Any, clusters: Any, rate: bool = False, z: float = Z95) -> Metric:
+  """Mean of `values` [N] (NaN skipped) with the interval mean ± z·SE, SE from `cluster_bootstrap_se`
+  (clipped to [0, 1] for a `rate`). Undefined with fewer than 2 clusters."""
+  v = np.asarray(values, np.float64).reshape(-1)
+  ok = ~np.isnan(v)
+  if not ok.any():
+    return _metric(None, None, None, 0)
+  m, c = float(v[ok].mean()), np.asarray(clusters).reshape(-1)
+  if np.unique(c[ok]).size < 2:
+    return _metric(m, None, None, int(ok.sum()))
+  half = z * cluster_bootstrap_se(v[ok], c[ok])
+  lo, hi = (max(0.0, m - half), min(1.0, m + half)) if rate else (m - half, m + half)
+  return _metric(m, lo, hi, int(ok.sum()))
 
 
 # ------------------------------------------------------------------------------ similarity
@@ -381,6 +406,11 @@ class EvaluationProtocol:
                 group_metrics: Mapping[str, Callable[[Sequence[int]], Metric]] | None = None) -> dict[str, Any]:
     """Per-image scores -> {"overall": {name: Metric}, "per_style": {style: {name: Metric}}}.
 
+    Each per-image metric also carries `ci95_clustered`: the interval with whole (style, prompt) cells
+    resampled (`cluster_ci`); the K samples of a prompt are not independent draws, and across two
+    evaluation sets these intervals held where the per-image ones were too narrow
+    (launch/eval_replication.py; launch/STYLEAR_ABLATIONS.md).
+
     `scores[name]`: [len(self)] per-job values in `jobs()` order; NaN marks a job that does not
     count for that metric (e.g. leakage where the prompt shares the reference's shape). Names in
     `self.rates` are binary (Wilson), others continuous (normal). `group_metrics[name]`, if given,
@@ -402,6 +432,8 @@ class EvaluationProtocol:
         x = v[idx]
         x = x[~np.isnan(x)]
         out[name] = rate_ci(x.astype(np.int64)) if name in self.rates else mean_ci(x)
+        # the K samples of one (reference, prompt) share it: their cell is the unit of resampling
+        out[name]["ci95_clustered"] = cluster_ci(v[idx], idx // self.samples_per_prompt, name in self.rates)["ci95"]
       for name, fn in (group_metrics or {}).items():
         out[name] = fn([int(i) for i in idx])
       return out
