@@ -177,6 +177,8 @@ def _eval(fv) -> int:
   for name, m in result["metrics"].items():
     lo, hi = m["ci95"]
     ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
+    if (m.get("ci95_clustered") or [None])[0] is not None:
+      ci += " clustered [{:.3f}, {:.3f}]".format(*m["ci95_clustered"])
     print(f"{name:<44} {m['mean']:.3f}{ci} n={m['n']}" if m["mean"] is not None else f"{name:<44} n/a")
   if fv.out:
     with open(fv.out, "w") as f:
