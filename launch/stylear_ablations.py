@@ -158,6 +158,13 @@ def earlier_results(path: str, args: argparse.Namespace) -> tuple[dict[str, Any]
   return (earlier.get("results", {}), earlier.get("per_image", {})) if same else ({}, {})
 
 
+def _finished(workdir: str, total_steps: int) -> bool:
+  """Whether `workdir` holds a checkpoint at `total_steps` or later (orbax keeps one folder per step)."""
+  folder = os.path.join(workdir, "checkpoints")
+  steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
+  return max(steps, default=-1) >= total_steps
+
+
 def _train(spec: str, workdir: str, overrides: dict[str, str]):
   """Trains (or resumes / skips) one variant; returns its sampling pipeline (from the final state
   when this call trained, so nothing is rebuilt or restored)."""
@@ -244,17 +251,21 @@ def main(argv: list[str] | None = None) -> str:
     recipe, pairs = os.path.join(args.out, "stylear"), os.path.join(args.out, "dpo_pairs.npz")
     dpo_spec = "configs/stylear.py:dpo" + (",runlocal" if args.runlocal else "")
     dpo_set = {f"dpo.{k}": v for k, v in args.dpo_set}
-    d = config_lib.load_config(os.path.join(REPO, dpo_spec), dpo_set).dpo
-    info = stylear.build_dpo_pairs(pipes["stylear"], scorers, pairs, num_prompts=args.dpo_prompts or d.num_prompts,
-                                   samples_per_prompt=d.samples_per_prompt, seed=args.seed,
-                                   weights=d.score_weights.to_dict(), batch_size=eval_kw["batch_size"],
-                                   min_gap=float(d.min_gap), logp_cfg_scale=float(d.logp_cfg_scale))
-    print(f"DPO pairs: {info}", flush=True)
-    overrides = {**dict(args.config_set), "init_from.workdir": recipe, "dpo.pairs": pairs, **dpo_set}
-    if args.dpo_steps:
-      overrides["total_steps"] = str(args.dpo_steps)
-    pipe = _train(dpo_spec, os.path.join(args.out, DPO), overrides)
-    evaluate(DPO, pipe)
+    dpo_config = config_lib.load_config(os.path.join(REPO, dpo_spec), dpo_set)
+    d = dpo_config.dpo
+    if _finished(os.path.join(args.out, DPO), args.dpo_steps or dpo_config.total_steps):
+      print("DPO run already trained: evaluating it (its pairs are not rebuilt)", flush=True)
+      evaluate(DPO, stylear.load(os.path.join(args.out, DPO)))
+    else:
+      info = stylear.build_dpo_pairs(pipes["stylear"], scorers, pairs, num_prompts=args.dpo_prompts or d.num_prompts,
+                                     samples_per_prompt=d.samples_per_prompt, seed=args.seed,
+                                     weights=d.score_weights.to_dict(), batch_size=eval_kw["batch_size"],
+                                     min_gap=float(d.min_gap), logp_cfg_scale=float(d.logp_cfg_scale))
+      print(f"DPO pairs: {info}", flush=True)
+      overrides = {**dict(args.config_set), "init_from.workdir": recipe, "dpo.pairs": pairs, **dpo_set}
+      if args.dpo_steps:
+        overrides["total_steps"] = str(args.dpo_steps)
+      evaluate(DPO, _train(dpo_spec, os.path.join(args.out, DPO), overrides))
   earlier, earlier_per_image = earlier_results(os.path.join(args.out, "ablations.json"), args)
 
   def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

@@ -245,6 +245,13 @@ def test_ablation_script_passes_config_and_dpo_overrides_to_both_runs(tmp_path, 
   assert set(saved["per_image"]) == {"stylear_dpo"}  # the recipe trained for DPO but was not asked for
   n = saved["results"]["stylear_dpo"]["text_fidelity"]["n"]
   assert len(saved["per_image"]["stylear_dpo"]["text_fidelity"]) == n
+  # re-scoring a finished DPO run (e.g. at another --seed) evaluates it without rebuilding its pairs
+  os.remove(os.path.join(out, "dpo_pairs.npz"))
+  capsys.readouterr()
+  mod.main(["--runlocal", "--out", out, "--variants", "stylear_dpo", "--set", "model.lora_rank=2",
+            "--dpo-set", "sft_weight=1", "--dpo-set", "min_gap=0.001"])
+  assert "already trained" in capsys.readouterr().out and not os.path.exists(os.path.join(out, "dpo_pairs.npz"))
+  assert json.load(open(os.path.join(out, "ablations.json")))["per_image"] == saved["per_image"]
 
 
 def test_ablation_table_pairs_each_variant_with_the_recipe_item_by_item():
