@@ -9,6 +9,10 @@ dict goes straight into the eval / demo JSON. Two kinds of interval:
     (Wilson 1927; Newcombe 1998), which stays inside [0, 1] and behaves at rates of 0 or 1 where
     the normal interval collapses to a point. Undefined (None) when n == 0.
 
+Items that share a reference or prompt are not independent draws: `cluster_ci` resamples whole
+clusters (cluster bootstrap), and the evaluation protocol adds that interval, by (style, prompt) cell,
+as `ci95_clustered` (launch/eval_replication.py measured why).
+
 An empty metric (n == 0, e.g. leakage when every prompt shares the reference's shape) has
 `mean` None. Inputs may be numpy or jax arrays; everything is computed in float64 numpy.
 
