@@ -159,10 +159,15 @@ def earlier_results(path: str, args: argparse.Namespace) -> tuple[dict[str, Any]
 
 
 def _finished(workdir: str, total_steps: int) -> bool:
-  """Whether `workdir` holds a checkpoint at `total_steps` or later (orbax keeps one folder per step)."""
+  """Whether `workdir` holds a checkpoint at `total_steps` or later."""
+  from stylejax import checkpoint as ckpt_lib
   folder = os.path.join(workdir, "checkpoints")
-  steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
-  return max(steps, default=-1) >= total_steps
+  if not os.path.isdir(folder):  # the Checkpointer would create it
+    return False
+  checkpointer = ckpt_lib.Checkpointer(folder)
+  latest = checkpointer.latest_step()
+  checkpointer.close()
+  return latest is not None and latest >= total_steps
 
 
 def _train(spec: str, workdir: str, overrides: dict[str, str]):
@@ -252,11 +257,11 @@ def main(argv: list[str] | None = None) -> str:
     dpo_spec = "configs/stylear.py:dpo" + (",runlocal" if args.runlocal else "")
     dpo_set = {f"dpo.{k}": v for k, v in args.dpo_set}
     dpo_config = config_lib.load_config(os.path.join(REPO, dpo_spec), dpo_set)
-    d = dpo_config.dpo
     if _finished(os.path.join(args.out, DPO), args.dpo_steps or dpo_config.total_steps):
       print("DPO run already trained: evaluating it (its pairs are not rebuilt)", flush=True)
       evaluate(DPO, stylear.load(os.path.join(args.out, DPO)))
     else:
+      d = dpo_config.dpo
       info = stylear.build_dpo_pairs(pipes["stylear"], scorers, pairs, num_prompts=args.dpo_prompts or d.num_prompts,
                                      samples_per_prompt=d.samples_per_prompt, seed=args.seed,
                                      weights=d.score_weights.to_dict(), batch_size=eval_kw["batch_size"],
