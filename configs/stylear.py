@@ -12,7 +12,8 @@ second tiny CLIP (shapestyle:clip_style: the CLIP after its conv-stem stage, bef
 ones), and rank-4 LoRA (no alpha) on q, k, v, o, MLP down and the LM head. Only LoRA and the
 resampler train. Knobs: data.mix ("stylized:original", paper best 1:3), style.noise (sigma_train
 0.1) / sample.noise (sigma_infer 0.3), sample.content_subtraction, structure.enabled,
-cond.uncond (StyleAR: image-only context), dpo.* (post-training).
+cond.uncond (StyleAR: image-only context), cond.text_dropout + sample.style_scale (two-scale guidance
+over a style-only context), dpo.* (post-training).
 """
 import ml_collections
 
@@ -36,6 +37,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.image_encoder.workdir = "shapestyle:clip_style"  # config stays "": emptying workdir falls back
   c.structure.enabled = arg.structure
   c.cond.uncond = "image_only"
+  # text_dropout: rows that drop text (and structure) but keep the style tokens, which trains the style-only
+  # context that two-scale guidance (sample.style_scale) reads (off: StyleAR's recipe)
+  c.cond.text_dropout = 0.0
   c.data = ml_collections.ConfigDict(dict(
       name="stylear_pairs", image_size=64, seed=0, num_examples=1_000_000,
       mix="1:3",                   # stylized:original
@@ -47,7 +51,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.total_steps = 2000
   c.batch_size = 32
   c.checkpoint.every = 500
-  c.sample.update(cfg_scale=4.0, noise=0.3)
+  c.sample.update(cfg_scale=4.0, noise=0.3, style_scale=None)  # None: StyleAR's one-stream CFG
   if arg.variant == "dpo":
     c.task = "stylejax.methods.stylear:StyleARDPOTask"
     c.init_from.workdir = ""  # the StyleAR run the pairs were sampled from

@@ -68,6 +68,15 @@ def test_cfg_combine_hand_example():
   np.testing.assert_allclose(sa.cfg_combine(cond, uncond, 0.0), uncond)
 
 
+def test_nested_cfg_combine_hand_example():
+  full, style, null = jnp.array([[3.0, 1.0]]), jnp.array([[1.0, 1.0]]), jnp.array([[0.0, 2.0]])
+  stacked = jnp.stack([full, style, null])
+  # l_null + s_style (l_style - l_null) + s (l_full - l_style), s = 2, s_style = 0.5
+  np.testing.assert_allclose(sa.nested_cfg_combine(stacked, jnp.array([2.0, 0.5])), [[4.5, 1.5]])
+  np.testing.assert_allclose(sa.nested_cfg_combine(stacked, jnp.array([2.0, 2.0])), sa.cfg_combine(full, null, 2.0))
+  np.testing.assert_allclose(sa.nested_cfg_combine(stacked[::2], 2.0), sa.cfg_combine(full, null, 2.0))
+
+
 def test_repetition_penalty_hand_example():
   logits = jnp.array([[2.0, -2.0, 1.0, -1.0]])
   seen = jnp.array([[True, True, False, False]])
@@ -231,6 +240,24 @@ def test_cfg_with_dropped_text_prefix_matches_hand_combination():
     return u + scale * (c - u)
   ref = _greedy_reference(step_logits, toks, np.ones_like(toks, bool), T)
   np.testing.assert_array_equal(got, ref)
+
+  # two-scale guidance over [cond; text-dropped; no prefix]: with both unconditional streams the same
+  # context it is CFG at the first scale; with 2 scales it matches the hand combination of three streams
+  dropped = cond._replace(prefix_mask=np.zeros((2, 3), bool))
+  two = sa.SampleSettings(temperature=0.0, cfg_scale=(scale, 7.0))
+  np.testing.assert_array_equal(sa.generate(model, params, cond, jax.random.key(0), T, settings=two,
+                                            uncond=[dropped, sa.Prompt(toks)]), got)
+  half = cond._replace(prefix_mask=np.asarray([[True, False, False]] * 2))  # a partly dropped prefix
+  nested = sa.generate(model, params, cond, jax.random.key(0), T, settings=two, uncond=(half, sa.Prompt(toks)))
+
+  def nested_logits(t, v, i):
+    c = full(params, t, None, jnp.concatenate([jnp.ones((2, 3), bool), v], 1), jnp.asarray(text))[:, 3 + i]
+    h = full(params, t, None, jnp.concatenate([jnp.asarray(half.prefix_mask), v], 1), jnp.asarray(text))[:, 3 + i]
+    u = full(params, t, None, v, None)[:, i]
+    return u + 7.0 * (h - u) + scale * (c - h)
+  np.testing.assert_array_equal(nested, _greedy_reference(nested_logits, toks, np.ones_like(toks, bool), T))
+  with pytest.raises(ValueError, match="one per unconditional stream"):
+    sa.generate(model, params, cond, jax.random.key(0), T, settings=two, uncond=dropped)
 
 
 def test_vocab_masks_bias_and_repetition_penalty_in_loop(lm):

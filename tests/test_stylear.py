@@ -63,6 +63,31 @@ def test_structure_prefix_and_style_slots_in_the_sequence():
   assert not np.asarray(p.prefix_mask[1]).any()
 
 
+def test_text_dropout_keeps_the_style_tokens_and_drops_text_and_structure():
+  task = load_task(load(SPEC))
+  params = random_task_params(task, std=0.2)
+  q, l = task.num_style, task.seq_len
+  c = _cond(task, 3, structure=True)
+  vec = jnp.ones((3, q, task.lm.hidden))
+  drop, keep = jnp.asarray([False, True, True]), jnp.asarray([False, False, True])
+  p = task.sequence_inputs(params, c["text_emb"], c["text_mask"], c["struct_ids"], vec, drop, keep_style=keep)
+  mask, prefix = np.asarray(p.mask), np.asarray(p.prefix_mask)
+  assert mask[0].all() and not mask[1, :q + 1 + l].any()  # row 1: image-only, as before
+  assert mask[2, :q].all() and not mask[2, q:q + 1 + l].any() and mask[2, q + 1 + l:].all()  # row 2: style only
+  assert prefix[0].any() and not prefix[1:].any()
+
+  # training: every row text-dropped -> the loss reads the style tokens but not the text
+  t = load_task(load(SPEC, **{"cond.dropout": 0.0, "cond.text_dropout": 1.0, "style.noise": 0.0}))
+  batch = {**c, "ids": jnp.asarray(np.random.default_rng(1).integers(0, task.codebook_size, (3, l)), jnp.int32)}
+  loss = jax.jit(lambda b: t.loss(params, b, jax.random.key(0))[0])
+  other_text = {**batch, "text_emb": batch["text_emb"][::-1], "struct_ids": batch["struct_ids"][::-1]}
+  np.testing.assert_allclose(loss(other_text), loss(batch), rtol=1e-6)
+  assert abs(float(loss({**batch, "style_feats": batch["style_feats"][::-1]})) - float(loss(batch))) > 1e-5
+  t0 = load_task(load(SPEC, **{"cond.dropout": 0.0, "style.noise": 0.0}))  # text_dropout 0: the text counts
+  loss0 = jax.jit(lambda b: t0.loss(params, b, jax.random.key(0))[0])
+  assert abs(float(loss0(other_text)) - float(loss0(batch))) > 1e-5
+
+
 def test_style_token_noise_and_content_subtraction_formula():
   task = load_task(load(SPEC))
   params = random_task_params(task)
@@ -155,6 +180,22 @@ def test_guided_sequence_logprobs_score_the_cfg_combination():
   assert np.abs(np.asarray(hand - plain)).max() > 1e-3  # the unconditional stream matters here
 
 
+def test_guided_sequence_logprobs_follow_the_samplers_two_scale_guidance():
+  task = load_task(load("configs/stylear.py:dpo,runlocal", **{"sample.style_scale": 2.0}))
+  params = random_task_params(task, std=0.2)
+  b, s = 2, 3.0
+  cond = _cond(task, b, 6)
+  ids = jnp.asarray(np.random.default_rng(7).integers(0, task.codebook_size, (b, task.seq_len)), jnp.int32)
+  style = task.style_tokens(params, cond["style_feats"])
+  c = task.image_logits(params, cond, ids, style, jnp.zeros((b,), bool))
+  st = task.image_logits(params, cond, ids, style, jnp.ones((b,), bool), keep_style=True)
+  img = task.image_logits(params, cond, ids, style, jnp.ones((b,), bool))
+  logp = jax.nn.log_softmax(img + 2.0 * (st - img) + s * (c - st), axis=-1)
+  hand = jnp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0].sum(-1)
+  np.testing.assert_allclose(task.sequence_logprobs(params, cond, ids, s), hand, rtol=1e-5)
+  assert np.abs(np.asarray(st - img)).max() > 1e-3 and np.abs(np.asarray(c - st)).max() > 1e-3
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("stylear"))
@@ -204,6 +245,10 @@ def test_generate_evaluate_and_dpo_pairs(run, tmp_path):
   assert metrics["structure_iou_ceiling"]["mean"] > 0.5  # the estimator sees true renders' shapes
   assert 0.0 <= metrics["content_leakage"]["mean"] <= 1.0
   assert ar_sample.trace_count() - before == 1  # generate and evaluate share one compiled loop
+  # two-scale guidance (one more stream: its own loop)
+  two_scale = functools.partial(stylear.generate, pipe, ["two red stars", "one blue circle"], ref, num=2, seed=1)
+  assert not np.array_equal(two_scale(style_scale=1.0), images)  # the style-only stream changes the samples
+  np.testing.assert_array_equal(two_scale(style_scale=4.0), images)  # = cfg_scale: StyleAR's CFG, 3 streams
 
   path = str(tmp_path / "pairs.npz")
   info = stylear.build_dpo_pairs(pipe, scorers, path, num_prompts=2, samples_per_prompt=2, batch_size=4)

@@ -42,7 +42,8 @@ import numpy as np
 from stylejax.config import ConfigError
 from stylejax.data import shapestyle as ss
 from stylejax.eval import metrics as M
-from stylejax.models.ar_t2i import ARImagePipeline, ARImageTask, PipelineError
+from stylejax.models.ar_t2i import (ARImagePipeline, ARImageTask, PipelineError, guidance_contexts,
+                                    style_scale_of)
 from stylejax.sample import autoregressive as ar_sample
 from stylejax.train import dpo
 
@@ -157,10 +158,15 @@ class StyleARTask(ARImageTask):
     style = self.style_tokens(params, cond["style_feats"])
     if not cfg_scale:
       return dpo.sequence_logprobs(self.image_logits(params, cond, ids, style), ids)
-    b = ids.shape[0]
-    logits = self.image_logits(params, {k: _twice(v) for k, v in cond.items()}, _twice(ids), _twice(style),
-                               jnp.arange(2 * b) >= b)
-    return dpo.sequence_logprobs(ar_sample.cfg_combine(logits[:b], logits[b:], cfg_scale), ids)
+    style_scale = style_scale_of(self.config.get("sample", {}).get("style_scale"))  # the sampler's streams
+    contexts = guidance_contexts(style_scale)
+    n, b = len(contexts), ids.shape[0]
+    many = lambda x: jnp.concatenate([x] * n, axis=0)
+    drop, keep = (jnp.repeat(jnp.asarray(c), b) for c in zip(*contexts))
+    logits = self.image_logits(params, {k: many(v) for k, v in cond.items()}, many(ids), many(style), drop, keep)
+    scales = (cfg_scale,) + (() if style_scale is None else (style_scale,))
+    guided = ar_sample.nested_cfg_combine(logits.reshape((n, b) + logits.shape[1:]), jnp.asarray(scales))
+    return dpo.sequence_logprobs(guided, ids)
 
 
 class DPOPairs:
@@ -371,7 +377,7 @@ def build_dpo_pairs(workdir: str | ARImagePipeline, scorers: Any, out_path: str,
     raise ValueError(f"need num_prompts >= 1 and samples_per_prompt >= 2; got {num_prompts}, {samples_per_prompt}.")
   size, k = pipe.image_size, samples_per_prompt
   if logp_cfg_scale is None:
-    logp_cfg_scale = float(pipe.settings(**overrides)[0].cfg_scale)
+    logp_cfg_scale = float(np.atleast_1d(pipe.settings(**overrides)[0].cfg_scale)[0])  # the prompt's scale
   rng = np.random.default_rng([seed, 0xD90])
   refs, ref_shapes, contents = [], [], []
   for n in range(num_prompts):

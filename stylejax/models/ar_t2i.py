@@ -18,7 +18,10 @@ CFG. Condition dropout (`cond.dropout`, 10%) trains the unconditional context, o
   "null_prefix" (LlamaGen): the text becomes a learned null embedding [T, Dt] (param 'null_text');
                 style and structure positions are dropped.
 At sampling the unconditional stream is that same context and logits combine as
-`uncond + s (cond - uncond)` (`stylejax.sample.autoregressive`).
+`uncond + s (cond - uncond)` (`stylejax.sample.autoregressive`). Style runs may also drop the text alone
+(`cond.text_dropout`: text and structure dropped, style tokens kept) and guide with two scales over that
+style-only context (`sample.style_scale`): `l_img + s_style (l_style - l_img) + s (l_cond - l_style)`, so the
+prompt and the style are amplified separately (s_style = s is the one-stream CFG above).
 
 Params: {"lm": DecoderLM params, "null_text": [T, Dt] (null_prefix), "resampler": (style tokens)}.
 Style tokens = resampler(CLIP vision penultimate hidden states of the style image) (+ optional
@@ -55,11 +58,31 @@ SAMPLE_DEFAULTS = dict(
     cfg_scale=4.0,  # StyleAR inference default (LlamaGen demo also 4.0)
     temperature=1.0, top_k=0, top_p=1.0,
     noise=0.3,  # StyleAR sigma_infer on the style tokens
-    content_subtraction=False, subtraction_scale=0.8, subtraction_blend=0.8)  # REFERENCE §4
+    content_subtraction=False, subtraction_scale=0.8, subtraction_blend=0.8,  # REFERENCE §4
+    # None: StyleAR's CFG, one image-only unconditional stream. A number: two-scale guidance over the
+    # style-only context (text and structure dropped, style tokens kept; train it with cond.text_dropout),
+    # l_img + style_scale (l_style - l_img) + cfg_scale (l_cond - l_style); style_scale = cfg_scale is StyleAR's.
+    style_scale=None)
 
 
 class PipelineError(ValueError):
   """Bad input to an AR image pipeline; the message says what to fix (the CLI prints it as one line)."""
+
+
+def style_scale_of(value: Any) -> float | None:
+  """sample.style_scale as a float, or None (off); a CLI override of the None default arrives as a string."""
+  if value is None or str(value).strip().lower() in ("", "none"):
+    return None
+  try:
+    return float(value)
+  except ValueError:
+    raise PipelineError(f"style_scale={value!r} is not a number; give e.g. 2.0, or none for StyleAR's CFG.") from None
+
+
+def guidance_contexts(style_scale: Any) -> list[tuple[bool, bool]]:
+  """(drop, keep_style) of each sampling stream, most conditioned first: the prompt, then (two-scale
+  guidance only) the style-only context, then the image-only one (`sequence_inputs`)."""
+  return [(False, False)] + ([(True, True)] if style_scale is not None else []) + [(True, False)]
 
 
 def mask_to_image(mask: Any) -> np.ndarray:
@@ -132,7 +155,8 @@ class ARImageTask(Task):
   config.model: DecoderLM fields (hidden, layers, heads, kv_heads, head_dim, mlp_dim, rope_theta,
     lora_rank, lora_targets, ...) plus codebook_size, seq_len (image ids per example), text_dim,
     text_len (the text encoder's width and length), vocab_multiple.
-  config.cond: uncond ("image_only" | "null_prefix"), dropout (CFG condition dropout rate).
+  config.cond: uncond ("image_only" | "null_prefix"), dropout (CFG condition dropout rate), text_dropout
+    (style runs: rate of rows that drop text and structure but keep the style tokens; 0 = off).
   config.style: num_tokens (Q; 0 = no style slots), feature_dim (CLIP vision width), feature_layer,
     noise (sigma_train), resampler {width, depth, heads, head_dim, ff_mult}.
   config.structure: enabled (shape-mask prefix image).
@@ -158,6 +182,7 @@ class ARImageTask(Task):
     if self.uncond not in UNCOND_KINDS:
       raise ValueError(f"cond.uncond={self.uncond!r}; use one of {UNCOND_KINDS}.")
     self.cond_dropout = float(cond.get("dropout", 0.1))
+    self.text_dropout = float(cond.get("text_dropout", 0.0))
     multiple = int(m.get("vocab_multiple", 8))
     vocab = -(-(self.codebook_size + NUM_SPECIAL) // multiple) * multiple
     fields = {k: v for k, v in m.items() if k not in _TASK_MODEL_KEYS}
@@ -269,11 +294,13 @@ class ARImageTask(Task):
                         subtraction_blend)
 
   def sequence_inputs(self, params: Any, text_emb: Any, text_mask: Any, struct_ids: Any = None,
-                      style_vectors: Any = None, drop: Any = None, image_ids: Any = None) -> ar_sample.Prompt:
+                      style_vectors: Any = None, drop: Any = None, image_ids: Any = None,
+                      keep_style: Any = False) -> ar_sample.Prompt:
     """The decoder inputs of a batch as a sampler `Prompt` (tokens, mask, prefix, prefix_mask, override).
 
     text_emb [B, T, Dt], text_mask [B, T]; struct_ids [B, L] (structure runs); style_vectors
     [B, Q, hidden] (style runs); drop [B] bool: rows that get the unconditional context;
+    keep_style (bool or [B] bool): dropped rows that keep their style tokens (text-only dropout);
     image_ids [B, n]: image ids appended after BOI (teacher forcing). Works on numpy and traced arrays.
     """
     b = text_emb.shape[0]
@@ -290,16 +317,17 @@ class ARImageTask(Task):
     cond_pos = jnp.broadcast_to(kinds != _K_BOI, (b, kinds.shape[0]))
     prefix, prefix_mask = jnp.asarray(text_emb), jnp.asarray(text_mask, bool)
     token_mask = jnp.ones(cond_pos.shape, bool)
+    style_mask = jnp.broadcast_to(kinds == _K_STYLE, cond_pos.shape)
     if drop is not None:
       drop = jnp.asarray(drop, bool)
-      token_mask = ~(cond_pos & drop[:, None])
+      kept = style_mask & jnp.broadcast_to(jnp.asarray(keep_style, bool), (b,))[:, None]
+      token_mask = ~(cond_pos & drop[:, None] & ~kept)
       if self.uncond == "null_prefix":
         null = jnp.broadcast_to(params["null_text"].astype(prefix.dtype)[None], prefix.shape)
         prefix = jnp.where(drop[:, None, None], null, prefix)
         prefix_mask = prefix_mask | drop[:, None]
       else:
         prefix_mask = prefix_mask & ~drop[:, None]
-    style_mask = jnp.broadcast_to(kinds == _K_STYLE, cond_pos.shape)
     if image_ids is not None:
       n = image_ids.shape[1]
       parts.append(jnp.asarray(image_ids, jnp.int32))
@@ -313,11 +341,11 @@ class ARImageTask(Task):
     return ar_sample.Prompt(jnp.concatenate(parts, axis=1), token_mask, prefix, prefix_mask, None, override)
 
   def image_logits(self, params: Any, cond: dict[str, Any], ids: jax.Array, style_vectors: Any = None,
-                   drop: Any = None) -> jax.Array:
+                   drop: Any = None, keep_style: Any = False) -> jax.Array:
     """Teacher-forced logits of the image ids: [B, L, K] (image vocabulary only); logits[:, t]
-    predicts ids[:, t]. cond: text_emb, text_mask[, struct_ids]."""
+    predicts ids[:, t]. cond: text_emb, text_mask[, struct_ids]; drop / keep_style as in `sequence_inputs`."""
     p = self.sequence_inputs(params, cond["text_emb"], cond["text_mask"], cond.get("struct_ids"), style_vectors,
-                             drop, ids[:, :-1])
+                             drop, ids[:, :-1], keep_style)
     logits, _ = self.lm.apply({"params": params["lm"]}, p.tokens, self.teacher_positions(ids.shape[0]),
                               prefix_embeds=p.prefix_embeds,
                               attention_mask=jnp.concatenate([p.prefix_mask, p.mask], axis=1),
@@ -325,15 +353,18 @@ class ARImageTask(Task):
     return logits[:, -self.seq_len:, :self.codebook_size]
 
   def loss(self, params, batch, rng):
-    drop_rng, noise_rng = jax.random.split(rng)
+    drop_rng, noise_rng, text_rng = jax.random.split(rng, 3)
     ids = batch["ids"]
     b = ids.shape[0]
     drop = (losses.cond_dropout_mask(drop_rng, b, self.cond_dropout) if self.cond_dropout > 0
             else jnp.zeros((b,), bool))
+    text_only = jnp.zeros((b,), bool)
+    if self.num_style and self.text_dropout > 0:  # of the rows that keep their condition, drop the text alone
+      text_only = losses.cond_dropout_mask(text_rng, b, self.text_dropout) & ~drop
     style = None
     if self.num_style:
       style = self.style_tokens(params, batch["style_feats"], rng=noise_rng, noise=self.train_noise)
-    logits = self.image_logits(params, batch, ids, style, drop)
+    logits = self.image_logits(params, batch, ids, style, drop | text_only, text_only)
     loss, aux = ar.lm_loss(logits, ids)
     return loss, {**aux, "cond_dropped": jnp.mean(drop.astype(jnp.float32))}
 
@@ -485,11 +516,16 @@ class ARImagePipeline:
     if unknown:
       raise PipelineError(f"unknown sampling settings {unknown}; valid: {sorted(SAMPLE_DEFAULTS)}.")
     s.update({k: v for k, v in overrides.items() if v is not None})
-    if float(s["cfg_scale"]) < 0 or float(s["noise"]) < 0:
-      raise PipelineError(f"cfg_scale and noise must be >= 0; got {s['cfg_scale']} and {s['noise']}.")
+    s["style_scale"] = style_scale_of(s["style_scale"])
+    scales = (s["cfg_scale"],) + (() if s["style_scale"] is None else (s["style_scale"],))
+    if min(map(float, scales + (s["noise"],))) < 0:
+      raise PipelineError(f"cfg_scale, style_scale and noise must be >= 0; got {s['cfg_scale']}, {s['style_scale']} "
+                          f"and {s['noise']}.")
     settings = ar_sample.SampleSettings(temperature=float(s["temperature"]), top_k=int(s["top_k"]),
-                                        top_p=float(s["top_p"]), cfg_scale=float(s["cfg_scale"]))
-    style = {k: s[k] for k in ("noise", "content_subtraction", "subtraction_scale", "subtraction_blend")}
+                                        top_p=float(s["top_p"]),
+                                        cfg_scale=float(scales[0]) if len(scales) == 1 else tuple(map(float, scales)))
+    style = {k: s[k] for k in ("noise", "content_subtraction", "subtraction_scale", "subtraction_blend",
+                               "style_scale")}
     return settings, style
 
   def _check_prompts(self, prompts: Sequence[str]) -> list[str]:
@@ -555,8 +591,11 @@ class ARImagePipeline:
     elif style_images is not None:
       raise PipelineError("this run has no style tokens (a text-to-image base); drop the style image or sample a "
                           "StyleAR run.")
-    cond = task.sequence_inputs(params, text_emb, text_mask, struct_ids, vectors, jnp.zeros((b,), bool))
-    uncond = task.sequence_inputs(params, text_emb, text_mask, struct_ids, vectors, jnp.ones((b,), bool))
+    if style_cfg["style_scale"] is not None and not self.has_style:
+      raise PipelineError("style_scale guides over style tokens; this run has none (leave style_scale unset).")
+    cond, *uncond = [task.sequence_inputs(params, text_emb, text_mask, struct_ids, vectors, jnp.full((b,), drop),
+                                          keep_style=keep)
+                     for drop, keep in guidance_contexts(style_cfg["style_scale"])]
     ids = ar_sample.generate(task.lm, params["lm"], cond, sample_keys, task.seq_len, settings=settings,
                              uncond=uncond, vocab_mask=task.image_vocab_mask())
     return np.asarray(ids)

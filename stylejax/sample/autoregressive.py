@@ -18,6 +18,9 @@ same sampled token. The unconditional context is the caller's choice:
   * prefix dropped (StyleAR: image tokens only): the same arrays with `prefix_mask` (and any
     text-token `mask` entries) False — dropped positions become padding the model never sees.
 Prompts of different lengths are left-padded to a common length here.
+Nested guidance: `uncond` may be a sequence of K progressively less-conditioned contexts c_1 ... c_K
+(c_0 = the prompt) with K scales, `l_K + sum_k s_k (l_{k-1} - l_k)` over one [(K+1)B] batch; K = 2 is
+InstructPix2Pix's two-scale form (e.g. style-only then image-only context: prompt and style scales).
 
 Repetition penalty "seen" tokens: the conditional prompt's real tokens plus everything
 generated (transformers also counts left-padding ids; we do not). A prompt-free generator
@@ -35,7 +38,7 @@ inputs are present (None or not) are static.
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +65,7 @@ class SampleSettings(NamedTuple):
   top_k: Any = 0  # 0 -> off
   top_p: Any = 1.0  # 1 -> off
   repetition_penalty: Any = 1.0  # 1 -> off; transformers semantics (CoTyle uses 50)
-  cfg_scale: Any = 1.0  # used only when an unconditional prompt is given
+  cfg_scale: Any = 1.0  # used only when an unconditional prompt is given; [K] scales for K of them
   eos_id: Any = -1  # >= 0: after a row emits it, the row keeps emitting it
 
   def as_arrays(self) -> "SampleSettings":
@@ -90,6 +93,17 @@ class Prompt(NamedTuple):
 def cfg_combine(cond: Array, uncond: Array, scale: Array) -> Array:
   """`uncond + s * (cond - uncond)` (LlamaGen / aMUSEd form)."""
   return uncond + scale * (cond - uncond)
+
+
+def nested_cfg_combine(logits: Array, scales: Array) -> Array:
+  """logits [K+1, B, V] from the full context (0) to the least (K) -> `l_K + sum_k s_k (l_{k-1} - l_k)`
+  [B, V]; scales: one or [K]. K = 1 is `cfg_combine`; K = 2 InstructPix2Pix's two-scale guidance."""
+  k = logits.shape[0] - 1
+  s = jnp.broadcast_to(jnp.asarray(scales, logits.dtype), (k,))
+  out = logits[k]
+  for i in range(k):
+    out = out + s[i] * (logits[i] - logits[i + 1])
+  return out
 
 
 def apply_repetition_penalty(logits: Array, seen: Array, penalty: Array) -> Array:
@@ -238,54 +252,56 @@ def _left_pad(x: Array | None, n: int, axis: int = 1) -> Array | None:
   return jnp.pad(x, pad)
 
 
-def _stack_streams(c: dict, u: dict) -> dict:
-  """Left-pads both streams to common prefix/token lengths and concatenates them on batch."""
-  b = c["tokens"].shape[0]
-  if u["tokens"].shape[0] != b:
-    raise ValueError(f"cond and uncond prompts need the same batch; got {b} and {u['tokens'].shape[0]}.")
-  # prefixes: a missing one becomes an all-padding prefix of the other's width
-  if (c["prefix"] is None) != (u["prefix"] is None):
-    have, miss = (c, u) if u["prefix"] is None else (u, c)
-    miss["prefix"] = jnp.zeros_like(have["prefix"])
-    miss["prefix_mask"] = jnp.zeros(have["prefix"].shape[:2], bool)
-  if c["prefix"] is not None:
-    pc, pu = c["prefix"].shape[1], u["prefix"].shape[1]
-    n = max(pc, pu)
-    for s, p in ((c, pc), (u, pu)):
-      s["prefix"], s["prefix_mask"] = _left_pad(s["prefix"], n - p), _left_pad(s["prefix_mask"], n - p)
+def _stack_streams(streams: list[dict]) -> dict:
+  """Left-pads every stream to common prefix/token lengths and concatenates them on batch."""
+  b = streams[0]["tokens"].shape[0]
+  if any(s["tokens"].shape[0] != b for s in streams):
+    raise ValueError(f"cond and uncond prompts need the same batch; got {[s['tokens'].shape[0] for s in streams]}.")
+  prefixes = [s["prefix"] for s in streams if s["prefix"] is not None]
+  if prefixes:  # a missing prefix becomes an all-padding one of another's width
+    for s in streams:
+      if s["prefix"] is None:
+        s["prefix"] = jnp.zeros_like(prefixes[0])
+        s["prefix_mask"] = jnp.zeros(prefixes[0].shape[:2], bool)
+    n = max(s["prefix"].shape[1] for s in streams)
+    for s in streams:
+      pad = n - s["prefix"].shape[1]
+      s["prefix"], s["prefix_mask"] = _left_pad(s["prefix"], pad), _left_pad(s["prefix_mask"], pad)
       if s["positions"] is not None:
-        s["positions"] = _left_pad(jnp.asarray(s["positions"]), n - p)
-  lc, lu = c["tokens"].shape[1], u["tokens"].shape[1]
-  n = max(lc, lu)
-  for s, l in ((c, lc), (u, lu)):
-    s["tokens"], s["mask"] = _left_pad(s["tokens"], n - l), _left_pad(s["mask"], n - l)
+        s["positions"] = _left_pad(jnp.asarray(s["positions"]), pad)
+  n = max(s["tokens"].shape[1] for s in streams)
+  for s in streams:
+    pad = n - s["tokens"].shape[1]
+    s["tokens"], s["mask"] = _left_pad(s["tokens"], pad), _left_pad(s["mask"], pad)
     if s["override"] is not None:
       om, vec = s["override"]
-      s["override"] = (_left_pad(jnp.asarray(om, bool), n - l), vec)
+      s["override"] = (_left_pad(jnp.asarray(om, bool), pad), vec)
     if s["positions"] is not None:
-      s["positions"] = _left_pad(jnp.asarray(s["positions"]), n - l)
-  if (c["override"] is None) != (u["override"] is None):
-    have, miss = (c, u) if u["override"] is None else (u, c)
-    miss["override"] = (jnp.zeros(miss["tokens"].shape, bool), jnp.zeros_like(have["override"][1]))
-  if (c["positions"] is None) != (u["positions"] is None):
-    raise ValueError("give positions for both CFG streams or for neither.")
-  cat = lambda a, b_: None if a is None else jnp.concatenate([a, b_], axis=0)
-  out = {k: cat(c[k], u[k]) for k in ("tokens", "mask", "prefix", "prefix_mask", "positions")}
-  out["override"] = None if c["override"] is None else tuple(cat(x, y) for x, y in zip(c["override"], u["override"]))
+      s["positions"] = _left_pad(jnp.asarray(s["positions"]), pad)
+  vectors = [s["override"][1] for s in streams if s["override"] is not None]
+  if vectors:
+    for s in streams:
+      if s["override"] is None:
+        s["override"] = (jnp.zeros(s["tokens"].shape, bool), jnp.zeros_like(vectors[0]))
+  if len({s["positions"] is None for s in streams}) > 1:
+    raise ValueError("give positions for all CFG streams or for none.")
+  cat = lambda xs: None if xs[0] is None else jnp.concatenate(xs, axis=0)
+  out = {k: cat([s[k] for s in streams]) for k in ("tokens", "mask", "prefix", "prefix_mask", "positions")}
+  out["override"] = None if not vectors else tuple(cat([s["override"][i] for s in streams]) for i in range(2))
   return out
 
 
 # ----------------------------------------------------------------------------- the loop
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_steps", "image_offset", "use_cfg", "greedy"))
+@functools.partial(jax.jit, static_argnames=("model", "num_steps", "image_offset", "num_streams", "greedy"))
 def _generate(model: DecoderLM, params: Any, stream: dict, settings: SampleSettings, keys: Array,
               vocab_mask: Array | None, step_vocab_mask: Array | None, logit_bias: Array | None,
-              *, num_steps: int, image_offset: int, use_cfg: bool, greedy: bool) -> Array:
+              *, num_steps: int, image_offset: int, num_streams: int, greedy: bool) -> Array:
   _TRACES["generate"] += 1
   tokens, mask = stream["tokens"], stream["mask"]
   rows, l = tokens.shape
-  b = rows // 2 if use_cfg else rows
+  b = rows // num_streams
   valid = mask if stream["prefix"] is None else jnp.concatenate([stream["prefix_mask"], mask], axis=1)
   t0 = valid.shape[1]
   positions = stream["positions"]
@@ -308,8 +324,8 @@ def _generate(model: DecoderLM, params: Any, stream: dict, settings: SampleSetti
 
   def pick(logits, seen, done, step):
     logits = logits[:, -1]
-    if use_cfg:
-      logits = cfg_combine(logits[:b], logits[b:], settings.cfg_scale)
+    if num_streams > 1:
+      logits = nested_cfg_combine(logits.reshape(num_streams, b, -1), settings.cfg_scale)
     logits = process_logits(logits, settings, seen, bias, allowed_at(step))
     step_keys = None if greedy else jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
     tok = sample_tokens(logits, settings, step_keys, greedy)
@@ -332,7 +348,7 @@ def _generate(model: DecoderLM, params: Any, stream: dict, settings: SampleSetti
   def body(step, carry):
     cache, out, seen, done = carry
     prev = out[:, step - 1]
-    feed = jnp.concatenate([prev, prev]) if use_cfg else prev
+    feed = jnp.tile(prev, num_streams)
     if model.rope == "2d":
       j = image_offset + step - 1
       pos = jnp.broadcast_to(jnp.stack([j // model.grid[1], j % model.grid[1]]), (rows, 1, 2))
@@ -347,7 +363,7 @@ def _generate(model: DecoderLM, params: Any, stream: dict, settings: SampleSetti
 
 
 def _generate_args(model: DecoderLM, params: Any, prompt: Prompt, rng: Array, num_steps: int, settings: SampleSettings,
-                   uncond: Prompt | None, vocab_mask: Array | None, step_vocab_mask: Array | None,
+                   uncond: Prompt | Sequence[Prompt] | None, vocab_mask: Array | None, step_vocab_mask: Array | None,
                    logit_bias: Array | None, image_offset: int) -> tuple[tuple, dict]:
   """Validates and packs `generate`'s inputs as (args, static kwargs) of `_generate`."""
   if model.rope == "2d" and (model.grid[0] <= 0 or model.grid[1] <= 0):
@@ -356,24 +372,30 @@ def _generate_args(model: DecoderLM, params: Any, prompt: Prompt, rng: Array, nu
     raise ValueError(f"step_vocab_mask must be [num_steps={num_steps}, V]; got {step_vocab_mask.shape}.")
   stream = _normalise(prompt)
   b = stream["tokens"].shape[0]
-  if uncond is not None:
-    stream = _stack_streams(stream, _normalise(uncond))
+  unconds = [] if uncond is None else [uncond] if isinstance(uncond, Prompt) else list(uncond)
+  scales = np.shape(settings.cfg_scale)
+  if scales and scales != (len(unconds),):
+    raise ValueError(f"cfg_scale has shape {scales}; give one scale or one per unconditional stream "
+                     f"({len(unconds)}).")
+  if unconds:
+    stream = _stack_streams([stream] + [_normalise(u) for u in unconds])
   keys = row_keys(rng, b)
   as_arr = lambda x, dt: None if x is None else jnp.asarray(x, dt)
   args = (model, params, stream, settings.as_arrays(), keys, as_arr(vocab_mask, bool), as_arr(step_vocab_mask, bool),
           as_arr(logit_bias, jnp.float32))
-  return args, dict(num_steps=num_steps, image_offset=image_offset, use_cfg=uncond is not None,
+  return args, dict(num_steps=num_steps, image_offset=image_offset, num_streams=1 + len(unconds),
                     greedy=is_greedy(settings.temperature))
 
 
 def generate(model: DecoderLM, params: Any, prompt: Prompt, rng: Array, num_steps: int, *,
-             settings: SampleSettings = SampleSettings(), uncond: Prompt | None = None,
+             settings: SampleSettings = SampleSettings(), uncond: Prompt | Sequence[Prompt] | None = None,
              vocab_mask: Array | None = None, step_vocab_mask: Array | None = None,
              logit_bias: Array | None = None, image_offset: int = 0) -> Array:
   """Samples `num_steps` tokens after `prompt`. Returns [B, num_steps] int32.
 
   params: unboxed DecoderLM params. rng: one key (row i uses fold_in(rng, i)) or [B] keys.
-  uncond: the unconditional stream for CFG (see module docstring); None disables CFG.
+  uncond: the unconditional stream for CFG (see module docstring), or K nested ones with K scales in
+    `settings.cfg_scale`; None disables CFG.
   vocab_mask: [V] or [B, V] bool, True = may be sampled (e.g. image tokens only).
   step_vocab_mask: [num_steps, V] bool per generated position (e.g. force row-end tokens).
   logit_bias: [V] or [B, V] float added to the logits every step.
@@ -385,7 +407,7 @@ def generate(model: DecoderLM, params: Any, prompt: Prompt, rng: Array, num_step
 
 
 def lower_generate(model: DecoderLM, params: Any, prompt: Prompt, rng: Array, num_steps: int, *,
-                   settings: SampleSettings = SampleSettings(), uncond: Prompt | None = None,
+                   settings: SampleSettings = SampleSettings(), uncond: Prompt | Sequence[Prompt] | None = None,
                    vocab_mask: Array | None = None, step_vocab_mask: Array | None = None,
                    logit_bias: Array | None = None, image_offset: int = 0) -> jax.stages.Lowered:
   """`generate`'s jitted loop lowered for these inputs (`.as_text()`, `.compile()`), for
