@@ -6,6 +6,8 @@ Variants (each a configs/stylear.py run initialised from --base, same steps and 
   stylized_only  mix 1:0
   mix_1_30       mix 1:30
   structure      `stylear` + structure control (the prompt's shape mask as a tokenized prefix image)
+  two_scale      `stylear` + 10% text-only dropout (style tokens kept), sampled with two-scale guidance
+                 l_img + 2 (l_style - l_img) + 4 (l_cond - l_style) (sample.style_scale; not in the paper)
   stylear_dpo    `stylear` + DPO post-training on pairs from its own samples ranked by the scorers
   base           the AR base itself, untrained here (style named in the caption instead of tokens)
 Each is scored with `stylear.evaluate` (held-out styles x prompts of another shape x samples):
@@ -47,6 +49,7 @@ VARIANTS: dict[str, tuple[dict[str, str], dict[str, Any]]] = {
     "stylized_only": ({"data.mix": "1:0"}, {}),
     "mix_1_30": ({"data.mix": "1:30"}, {}),
     "structure": ({"structure.enabled": "True"}, {}),
+    "two_scale": ({"cond.text_dropout": "0.1"}, {"style_scale": 2.0}),
 }
 DPO, BASE = "stylear_dpo", "base"
 STRUCTURE = ("structure_iou", "structure_iou_chance", "structure_iou_ceiling")
@@ -59,6 +62,7 @@ LABELS = {
     "stylized_only": "stylized only (1:0)",
     "mix_1_30": "mix 1:30",
     "structure": "StyleAR + structure control",
+    "two_scale": "StyleAR + text dropout, two-scale guidance (style 2, prompt 4)",
     DPO: "StyleAR + DPO",
     BASE: "AR base (style in the caption)",
 }

@@ -51,7 +51,8 @@ def _flag_values(command: str) -> flags.FlagValues:
       flags.DEFINE_integer("steps", None, "decode steps (default: the run's config.sample)", flag_values=fv)
       flags.DEFINE_float("guidance_scale", None, "CFG scale (default: the run's config.sample)", flag_values=fv)
       flags.DEFINE_string("guidance", None, "guidance mode: none, cfg, styledrop, mix", flag_values=fv)
-      flags.DEFINE_float("style_guidance", None, "StyleDrop λA (style)", flag_values=fv)
+      flags.DEFINE_float("style_guidance", None, "StyleDrop λA (style); StyleAR runs: the style scale of two-scale "
+                         "guidance (sample.style_scale)", flag_values=fv)
       flags.DEFINE_float("content_guidance", None, "StyleDrop λB (content, CFG on the base)", flag_values=fv)
     if command == "demo":
       flags.DEFINE_string("style_image", None, "your own style reference image", flag_values=fv)
@@ -132,7 +133,7 @@ def _sample(fv) -> int:
       from stylejax.data.images import load_image
       style = load_image(fv.style_image, 64)
     images = stylear.generate(fv.workdir, [fv.prompt], style, num=fv.num, seed=fv.seed,
-                              **({"cfg_scale": fv.guidance_scale} if fv.guidance_scale is not None else {}))
+                              cfg_scale=fv.guidance_scale, style_scale=fv.style_guidance)
   else:
     if fv.style_image or fv.style_code is not None:
       raise UsageError("--style_image/--style_code need a StyleAR or CoTyle workdir; this run samples from its "

@@ -273,6 +273,22 @@ def test_generate_evaluate_and_dpo_pairs(run, tmp_path):
   np.testing.assert_allclose(float(loss) - task.config.dpo.sft_weight * float(aux["chosen_nll"]), np.log(2.0), atol=1e-4)
 
 
+def test_cli_sample_passes_the_style_scale_to_two_scale_guidance(run, tmp_path, capsys):
+  from PIL import Image
+  from stylejax import cli
+  workdir, _ = run
+  ref = str(tmp_path / "ref.png")
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(ref)
+  common = [f"--workdir={workdir}", "--prompt=two red stars", f"--style_image={ref}", "--num=2", "--seed=3"]
+  outs = {}
+  for name, extra in (("cfg", []), ("two_scale", ["--style_guidance=1.0"]), ("bad", ["--style_guidance=-1"])):
+    outs[name] = str(tmp_path / f"{name}.png")
+    code = cli.main(["sample", *common, f"--out={outs[name]}", *extra])
+    assert code == (2 if name == "bad" else 0)
+  assert "style_scale" in capsys.readouterr().err  # the negative scale: one error line
+  assert not np.array_equal(np.asarray(Image.open(outs["cfg"])), np.asarray(Image.open(outs["two_scale"])))
+
+
 def test_ablation_script_passes_config_and_dpo_overrides_to_both_runs(tmp_path, capsys):
   mod = _ablations()
   with pytest.raises(SystemExit):

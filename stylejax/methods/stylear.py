@@ -244,7 +244,7 @@ def generate(workdir: str | ARImagePipeline, prompts: Sequence[str], style_image
              num: int = 1, seed: int = 0, **overrides: Any) -> np.ndarray:
   """Images uint8 [len(prompts) * num, H, W, 3] in the style of `style_image` ([H, W, 3], uint8 or
   float in [0, 1]; any size). overrides: sampling settings (cfg_scale, temperature, top_k, top_p,
-  noise, content_subtraction, subtraction_scale, subtraction_blend) and content_image /
+  noise, content_subtraction, subtraction_scale, subtraction_blend, style_scale) and content_image /
   structure_image (a mask or an image; structure runs default to the prompt's own shape mask)."""
   pipe = workdir if isinstance(workdir, ARImagePipeline) else load(workdir)
   content, structure = overrides.pop("content_image", None), overrides.pop("structure_image", None)
