@@ -6,8 +6,11 @@ Variants (each a configs/stylear.py run initialised from --base, same steps and 
   stylized_only  mix 1:0
   mix_1_30       mix 1:30
   structure      `stylear` + structure control (the prompt's shape mask as a tokenized prefix image)
-  two_scale      `stylear` + 10% text-only dropout (style tokens kept), sampled with two-scale guidance
-                 l_img + 2 (l_style - l_img) + 4 (l_cond - l_style) (sample.style_scale; not in the paper)
+  two_scale      `stylear`'s run sampled with two-scale guidance over the style-only context (text dropped,
+                 style tokens kept): l_img + 1 (l_style - l_img) + 4 (l_cond - l_style) (sample.style_scale;
+                 not in the paper; no training of its own)
+  text_dropout   `two_scale` on a run trained with 10% text-only dropout (cond.text_dropout), so the
+                 style-only context is one it has seen
   stylear_dpo    `stylear` + DPO post-training on pairs from its own samples ranked by the scorers
   base           the AR base itself, untrained here (style named in the caption instead of tokens)
 Each is scored with `stylear.evaluate` (held-out styles x prompts of another shape x samples):
@@ -49,7 +52,8 @@ VARIANTS: dict[str, tuple[dict[str, str], dict[str, Any]]] = {
     "stylized_only": ({"data.mix": "1:0"}, {}),
     "mix_1_30": ({"data.mix": "1:30"}, {}),
     "structure": ({"structure.enabled": "True"}, {}),
-    "two_scale": ({"cond.text_dropout": "0.1"}, {"style_scale": 2.0}),
+    "two_scale": ({}, {"style_scale": 1.0}),
+    "text_dropout": ({"cond.text_dropout": "0.1"}, {"style_scale": 1.0}),
 }
 DPO, BASE = "stylear_dpo", "base"
 STRUCTURE = ("structure_iou", "structure_iou_chance", "structure_iou_ceiling")
@@ -62,7 +66,8 @@ LABELS = {
     "stylized_only": "stylized only (1:0)",
     "mix_1_30": "mix 1:30",
     "structure": "StyleAR + structure control",
-    "two_scale": "StyleAR + text dropout, two-scale guidance (style 2, prompt 4)",
+    "two_scale": "StyleAR, two-scale guidance (prompt 4, style 1)",
+    "text_dropout": "StyleAR + 10% text dropout, two-scale guidance",
     DPO: "StyleAR + DPO",
     BASE: "AR base (style in the caption)",
 }
@@ -252,7 +257,10 @@ def main(argv: list[str] | None = None) -> str:
   needs_recipe = DPO in wanted and "stylear" not in wanted
   for name in [v for v in VARIANTS if v in wanted or (needs_recipe and v == "stylear")]:
     overrides, eval_overrides = VARIANTS[name]
-    pipes[name] = _train("configs/stylear.py" + suffix, os.path.join(args.out, name), {**common, **overrides})
+    run = name if overrides else RECIPE  # sampling-only variants evaluate the recipe's run
+    if run not in pipes:
+      pipes[run] = _train("configs/stylear.py" + suffix, os.path.join(args.out, run), {**common, **overrides})
+    pipes[name] = pipes[run]
     if name in wanted:
       evaluate(name, pipes[name], **eval_overrides)
       print(f"{name}: " + ", ".join(f"{k} {_fmt(results[name].get(k))}" for k in METRICS), flush=True)

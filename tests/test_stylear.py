@@ -313,6 +313,10 @@ def test_ablation_script_passes_config_and_dpo_overrides_to_both_runs(tmp_path, 
             "--dpo-set", "sft_weight=1", "--dpo-set", "min_gap=0.001"])
   assert "already trained" in capsys.readouterr().out and not os.path.exists(os.path.join(out, "dpo_pairs.npz"))
   assert json.load(open(os.path.join(out, "ablations.json")))["per_image"] == saved["per_image"]
+  # a sampling-only variant (two-scale guidance) evaluates the recipe's run: no workdir of its own
+  text = mod.main(["--runlocal", "--out", out, "--variants", "two_scale", "--set", "model.lora_rank=2"])
+  assert "two-scale guidance" in text and not os.path.exists(os.path.join(out, "two_scale"))
+  assert set(json.load(open(os.path.join(out, "ablations.json")))["per_image"]) == {"two_scale", "stylear_dpo"}
 
 
 def test_ablation_table_pairs_each_variant_with_the_recipe_item_by_item():
