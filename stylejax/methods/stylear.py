@@ -17,6 +17,8 @@ Recipe (configs/stylear.py):
     (`sample.content_subtraction`, see `ARImageTask.style_tokens`).
   * Optional structure control (`structure.enabled`): the shape mask as a tokenized prefix image.
   * CFG with the image-only unconditional context (text, style and structure dropped).
+    Not in the paper, opt-in: two-scale guidance (`sample.style_scale`) adds the style-only context as a
+    second unconditional stream, so prompt and style are amplified separately (`ar_t2i.guidance_contexts`).
   * DPO post-training (`StyleARDPOTask`, configs/stylear.py:dpo): `build_dpo_pairs` samples K images per
     (prompt, style reference) from a StyleAR workdir, ranks them with the ShapeStyle scorers (text
     fidelity + style similarity - content leakage), keeps (best, worst) pairs, and stores the frozen
