@@ -230,6 +230,9 @@ def test_generate_evaluate_and_dpo_pairs(run, tmp_path):
     stylear.generate(pipe, ["two red stars"], None)
   with pytest.raises(ar_t2i.PipelineError, match="content image"):
     stylear.generate(pipe, ["two red stars"], ref, content_subtraction=True)
+  for bad in ("strong", float("nan"), -1.0):  # one clear error, before any sampling
+    with pytest.raises(ar_t2i.PipelineError, match="style_scale"):
+      stylear.generate(pipe, ["two red stars"], ref, style_scale=bad)
 
   scorers = _random_scorers()
   metrics = stylear.evaluate(pipe, scorers, num_styles=2, prompts_per_style=2, samples=1, batch_size=4)

@@ -31,6 +31,7 @@ builds the StyleAR recipe on this task.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -518,9 +519,9 @@ class ARImagePipeline:
     s.update({k: v for k, v in overrides.items() if v is not None})
     s["style_scale"] = style_scale_of(s["style_scale"])
     scales = (s["cfg_scale"],) + (() if s["style_scale"] is None else (s["style_scale"],))
-    if min(map(float, scales + (s["noise"],))) < 0:
-      raise PipelineError(f"cfg_scale, style_scale and noise must be >= 0; got {s['cfg_scale']}, {s['style_scale']} "
-                          f"and {s['noise']}.")
+    if not all(math.isfinite(float(x)) and float(x) >= 0 for x in scales + (s["noise"],)):
+      raise PipelineError(f"cfg_scale, style_scale and noise must be finite and >= 0; got {s['cfg_scale']}, "
+                          f"{s['style_scale']} and {s['noise']}.")
     settings = ar_sample.SampleSettings(temperature=float(s["temperature"]), top_k=int(s["top_k"]),
                                         top_p=float(s["top_p"]),
                                         cfg_scale=float(scales[0]) if len(scales) == 1 else tuple(map(float, scales)))
