@@ -45,7 +45,7 @@ from stylejax.config import ConfigError
 from stylejax.data import shapestyle as ss
 from stylejax.eval import metrics as M
 from stylejax.models.ar_t2i import (ARImagePipeline, ARImageTask, PipelineError, guidance_contexts,
-                                    style_scale_of)
+                                    guidance_scales, style_scale_of)
 from stylejax.sample import autoregressive as ar_sample
 from stylejax.train import dpo
 
@@ -130,9 +130,9 @@ class StyleARPairs:
 COND_KEYS = ("text_emb", "text_mask", "style_feats", "struct_ids")  # a prepared batch's conditioning fields
 
 
-def _twice(x: jax.Array) -> jax.Array:
-  """[B, ...] -> [2B, ...]: the rows stacked twice (two streams or two sequences in one forward)."""
-  return jnp.concatenate([x, x], axis=0)
+def _stacked(x: jax.Array, n: int = 2) -> jax.Array:
+  """[B, ...] -> [nB, ...]: the rows stacked n times (n streams or sequences in one forward)."""
+  return jnp.concatenate([x] * n, axis=0)
 
 
 class StyleARTask(ARImageTask):
@@ -143,6 +143,7 @@ class StyleARTask(ARImageTask):
     super().__init__(config)
     if not self.num_style:
       raise ValueError("StyleAR needs style tokens; set style.num_tokens > 0 (StyleAR: 16).")
+    self.style_scale = style_scale_of(config.get("sample", {}).get("style_scale"))  # the sampler's guidance
 
   def source(self, split: str = "train"):
     d = self.config.data
@@ -160,14 +161,13 @@ class StyleARTask(ARImageTask):
     style = self.style_tokens(params, cond["style_feats"])
     if not cfg_scale:
       return dpo.sequence_logprobs(self.image_logits(params, cond, ids, style), ids)
-    style_scale = style_scale_of(self.config.get("sample", {}).get("style_scale"))  # the sampler's streams
-    contexts = guidance_contexts(style_scale)
+    contexts = guidance_contexts(self.style_scale)
     n, b = len(contexts), ids.shape[0]
-    many = lambda x: jnp.concatenate([x] * n, axis=0)
     drop, keep = (jnp.repeat(jnp.asarray(c), b) for c in zip(*contexts))
-    logits = self.image_logits(params, {k: many(v) for k, v in cond.items()}, many(ids), many(style), drop, keep)
-    scales = (cfg_scale,) + (() if style_scale is None else (style_scale,))
-    guided = ar_sample.nested_cfg_combine(logits.reshape((n, b) + logits.shape[1:]), jnp.asarray(scales))
+    logits = self.image_logits(params, {k: _stacked(v, n) for k, v in cond.items()}, _stacked(ids, n),
+                               _stacked(style, n), drop, keep)
+    scales = jnp.asarray(guidance_scales(cfg_scale, self.style_scale))
+    guided = ar_sample.nested_cfg_combine(logits.reshape((n, b) + logits.shape[1:]), scales)
     return dpo.sequence_logprobs(guided, ids)
 
 
@@ -220,12 +220,12 @@ class StyleARDPOTask(StyleARTask):
     return pairs
 
   def flops_per_example(self) -> float:
-    streams = 2.0 if self.logp_cfg_scale else 1.0  # conditional (+ unconditional) forward
+    streams = len(guidance_contexts(self.style_scale)) if self.logp_cfg_scale else 1  # conditional (+ guidance)
     return 2.0 * streams * super().flops_per_example()  # chosen and rejected sequences
 
   def loss(self, params, batch, rng):
     b = batch["chosen_ids"].shape[0]
-    cond = {k: _twice(batch[k]) for k in COND_KEYS if k in batch}
+    cond = {k: _stacked(batch[k]) for k in COND_KEYS if k in batch}
     logps = self.sequence_logprobs(params, cond, jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], 0),
                                    self.logp_cfg_scale)
     d = self.config.dpo

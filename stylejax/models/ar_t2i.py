@@ -80,6 +80,11 @@ def style_scale_of(value: Any) -> float | None:
     raise PipelineError(f"style_scale={value!r} is not a number; give e.g. 2.0, or none for StyleAR's CFG.") from None
 
 
+def guidance_scales(cfg_scale: Any, style_scale: float | None) -> tuple[float, ...]:
+  """The sampler's scales, one per unconditional stream of `guidance_contexts` (prompt first)."""
+  return (float(cfg_scale),) + (() if style_scale is None else (float(style_scale),))
+
+
 def guidance_contexts(style_scale: Any) -> list[tuple[bool, bool]]:
   """(drop, keep_style) of each sampling stream, most conditioned first: the prompt, then (two-scale
   guidance only) the style-only context, then the image-only one (`sequence_inputs`)."""
@@ -518,13 +523,13 @@ class ARImagePipeline:
       raise PipelineError(f"unknown sampling settings {unknown}; valid: {sorted(SAMPLE_DEFAULTS)}.")
     s.update({k: v for k, v in overrides.items() if v is not None})
     s["style_scale"] = style_scale_of(s["style_scale"])
-    scales = (s["cfg_scale"],) + (() if s["style_scale"] is None else (s["style_scale"],))
-    if not all(math.isfinite(float(x)) and float(x) >= 0 for x in scales + (s["noise"],)):
+    scales = guidance_scales(s["cfg_scale"], s["style_scale"])
+    if not all(math.isfinite(x) and x >= 0 for x in scales + (float(s["noise"]),)):
       raise PipelineError(f"cfg_scale, style_scale and noise must be finite and >= 0; got {s['cfg_scale']}, "
                           f"{s['style_scale']} and {s['noise']}.")
     settings = ar_sample.SampleSettings(temperature=float(s["temperature"]), top_k=int(s["top_k"]),
                                         top_p=float(s["top_p"]),
-                                        cfg_scale=float(scales[0]) if len(scales) == 1 else tuple(map(float, scales)))
+                                        cfg_scale=scales[0] if len(scales) == 1 else scales)
     style = {k: s[k] for k in ("noise", "content_subtraction", "subtraction_scale", "subtraction_blend",
                                "style_scale")}
     return settings, style
