@@ -66,7 +66,7 @@ LABELS = {
     "stylized_only": "stylized only (1:0)",
     "mix_1_30": "mix 1:30",
     "structure": "StyleAR + structure control",
-    "two_scale": "StyleAR, two-scale guidance (prompt 4, style 1)",
+    "two_scale": "StyleAR, two-scale guidance (style scale 1; prompt scale = the recipe's cfg_scale)",
     "text_dropout": "StyleAR + 10% text dropout, two-scale guidance",
     DPO: "StyleAR + DPO",
     BASE: "AR base (style in the caption)",
