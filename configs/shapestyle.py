@@ -172,7 +172,8 @@ STAGES = {
     # The shipped Muse base: 2500 steps, then 8000 more and 4500 more (fresh cosine schedule and Adam state
     # each time). The plain transformer continued 2500 steps did not improve (shape accuracy 0.167 / 0.042);
     # the conv-stage one did, and its third stage lifted named prompts (README); a fourth (4500 steps on a new
-    # data stream) did not and is not part of it (launch/SHAPESTYLE_FINDINGS.md, stop 34).
+    # data stream) did not and is not part of it, nor are two 3000-step ones without dropout and label
+    # smoothing (+0.04 / +0.04, not significant; launch/SHAPESTYLE_FINDINGS.md, stops 34 and 38).
     "base": ((), ("--config.total_steps=8000", "--config.checkpoint.every=1000"),
              ("--config.total_steps=4500", "--config.checkpoint.every=500")),
     # The shipped AR base: 1800 steps, then 6000 more twice, 4500 more, and 6000 more on each of two new data
