@@ -1,6 +1,10 @@
 """Paired text_fidelity of text-to-image bases (Muse or AR) on the same held-out prompts, McNemar against the first.
 
   python launch/base_compare.py shapestyle:ar RUN [RUN ...] [--prompts 96] [--seeds 2]
+  python launch/base_compare.py shapestyle:ar shapestyle:ar@temperature=0.7,top_k=10   # sampling settings
+
+A run may carry sampling overrides after `@` (comma-separated key=value, the pipeline's `generate` keywords:
+AR `cfg_scale`, `temperature`, `top_k`, `top_p`; Muse `guidance_scale`, `steps`, ...), so settings pair too.
 
 Every base draws one image per held-out prompt (`shapestyle_eval.heldout_prompts`: plain and named sets, the
 prompts `stylejax eval` uses) for each sampling seed, so n = prompts x seeds per set. Items pair by (prompt,
@@ -8,15 +12,33 @@ seed); McNemar's exact test on the items one base gets right and the other not s
 separate Wilson intervals cannot. Seed 0 reproduces `stylejax eval`'s text_fidelity for the same prompts.
 """
 import argparse
+import functools
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def parse_run(spec: str) -> tuple[str, dict]:
+  """"RUN@k=v,k=v" -> (RUN, {k: v}); values are parsed as Python literals where they are one, else kept as text."""
+  import ast
+  run, _, settings = spec.partition("@")
+  overrides = {}
+  for item in filter(None, settings.split(",")):
+    key, eq, value = item.partition("=")
+    if not eq or not key:
+      sys.exit(f"error: sampling override {item!r} in {spec!r} is not key=value; write RUN@temperature=0.7,top_k=10.")
+    try:
+      overrides[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      overrides[key] = value
+  return run, overrides
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("runs", nargs="+", help="Muse or AR workdirs or shipped names; the first is the reference")
+  ap.add_argument("runs", nargs="+", help="Muse or AR workdirs or shipped names, each optionally @k=v,... sampling "
+                  "overrides; the first is the reference")
   ap.add_argument("--prompts", type=int, default=96, help="held-out prompts per set (plain, named)")
   ap.add_argument("--seeds", type=int, default=1, help="sampling seeds per prompt")
   args = ap.parse_args()
@@ -24,23 +46,31 @@ def main() -> None:
   from stylejax.eval import metrics as M
   from stylejax.eval import shapestyle_eval as E
   from stylejax.models import scorers as scorers_lib
+  from stylejax.models.ar_t2i import PipelineError as ARPipelineError
+  from stylejax.models.muse_pipeline import PipelineError as MusePipelineError
   from stylejax.shipped import ShippedError
   from stylejax.train.trainer import TrainError
   scorers = scorers_lib.scorers_from_workdirs()
   hits, shape_hits, sets = {}, {}, None
-  for run in args.runs:
+  for spec in args.runs:
+    path, overrides = parse_run(spec)
     try:
-      t2i = E.text_to_image_generator(run)
+      t2i = E.text_to_image_generator(path)
     except (ShippedError, TrainError) as e:
       sys.exit(f"error: {e}")
     if t2i is None:
-      sys.exit(f"error: {run} is not a Muse or text-to-image AR run; pass one (or shapestyle:base / shapestyle:ar).")
-    _, generate, _, frac = t2i
+      sys.exit(f"error: {path} is not a Muse or text-to-image AR run; pass one (or shapestyle:base / shapestyle:ar).")
+    _, base_generate, _, frac = t2i
+    generate = functools.partial(base_generate, **overrides)
+    run = spec
     sets = sets or E.heldout_prompts(frac, args.prompts)
     for name, (prompts, contents, _) in sets.items():
       labels = E.content_labels(contents)
-      agree = [M.text_fidelity_agreement(scorers.classify(E.generate_all(generate, prompts, 10_007 * s)), labels)
-               for s in range(args.seeds)]
+      try:
+        agree = [M.text_fidelity_agreement(scorers.classify(E.generate_all(generate, prompts, 10_007 * s)), labels)
+                 for s in range(args.seeds)]
+      except (ARPipelineError, MusePipelineError, TypeError) as e:
+        sys.exit(f"error: {spec}: {e}")
       hits[run, name] = np.concatenate([np.logical_and.reduce(list(a.values())) for a in agree])
       shape_hits[run, name] = np.concatenate([a["shape"] for a in agree])
       m, sh = M.rate_ci(hits[run, name]), shape_hits[run, name].mean()

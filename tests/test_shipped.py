@@ -167,6 +167,15 @@ def test_base_compare_names_a_bad_run_in_one_line(tmp_path, monkeypatch):
       main()
 
 
+def test_base_compare_parses_sampling_overrides_per_run():
+  base_compare = launch_module("base_compare")
+  assert base_compare.parse_run("shapestyle:ar") == ("shapestyle:ar", {})
+  assert base_compare.parse_run("/runs/x@temperature=0.7,top_k=10,guidance=cfg") == (
+      "/runs/x", {"temperature": 0.7, "top_k": 10, "guidance": "cfg"})
+  with pytest.raises(SystemExit, match="^error: sampling override 'top_k' .* is not key=value"):
+    base_compare.parse_run("shapestyle:ar@top_k")
+
+
 def test_eval_dispatches_on_the_run_kind(assets, monkeypatch):
   root, runs = assets
   monkeypatch.setattr(shipped, "ASSETS", root)
