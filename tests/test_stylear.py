@@ -233,6 +233,11 @@ def test_generate_evaluate_and_dpo_pairs(run, tmp_path):
   for bad in ("strong", float("nan"), -1.0):  # one clear error, before any sampling
     with pytest.raises(ar_t2i.PipelineError, match="style_scale"):
       stylear.generate(pipe, ["two red stars"], ref, style_scale=bad)
+  for key, bad, msg in (("cfg_scale", "strong", "cfg_scale='strong' is not a number"),
+                        ("top_k", [3], "top_k=\\[3\\] is not a number"), ("temperature", -0.5, "must be finite"),
+                        ("top_p", 0.0, "top_p=0.0 is outside")):
+    with pytest.raises(ar_t2i.PipelineError, match=msg):
+      stylear.generate(pipe, ["two red stars"], ref, **{key: bad})
 
   scorers = _random_scorers()
   metrics = stylear.evaluate(pipe, scorers, num_styles=2, prompts_per_style=2, samples=1, batch_size=4)

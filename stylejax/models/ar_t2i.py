@@ -80,6 +80,14 @@ def style_scale_of(value: Any) -> float | None:
     raise PipelineError(f"style_scale={value!r} is not a number; give e.g. 2.0, or none for StyleAR's CFG.") from None
 
 
+def _setting_number(key: str, value: Any) -> float:
+  """A numeric sampling setting as a float, or one PipelineError naming it."""
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    raise PipelineError(f"{key}={value!r} is not a number; give e.g. {SAMPLE_DEFAULTS[key]!r}.") from None
+
+
 def guidance_scales(cfg_scale: Any, style_scale: float | None) -> tuple[float, ...]:
   """The sampler's scales, one per unconditional stream of `guidance_contexts` (prompt first)."""
   return (float(cfg_scale),) + (() if style_scale is None else (float(style_scale),))
@@ -523,12 +531,15 @@ class ARImagePipeline:
       raise PipelineError(f"unknown sampling settings {unknown}; valid: {sorted(SAMPLE_DEFAULTS)}.")
     s.update({k: v for k, v in overrides.items() if v is not None})
     s["style_scale"] = style_scale_of(s["style_scale"])
+    for key in ("cfg_scale", "noise", "temperature", "top_k", "top_p"):
+      s[key] = _setting_number(key, s[key])
     scales = guidance_scales(s["cfg_scale"], s["style_scale"])
-    if not all(math.isfinite(x) and x >= 0 for x in scales + (float(s["noise"]),)):
-      raise PipelineError(f"cfg_scale, style_scale and noise must be finite and >= 0; got {s['cfg_scale']}, "
-                          f"{s['style_scale']} and {s['noise']}.")
-    settings = ar_sample.SampleSettings(temperature=float(s["temperature"]), top_k=int(s["top_k"]),
-                                        top_p=float(s["top_p"]),
+    if not all(math.isfinite(x) and x >= 0 for x in scales + (s["noise"], s["temperature"], s["top_k"])):
+      raise PipelineError(f"cfg_scale, style_scale, noise, temperature and top_k must be finite and >= 0; got "
+                          f"{s['cfg_scale']}, {s['style_scale']}, {s['noise']}, {s['temperature']} and {s['top_k']}.")
+    if not 0 < s["top_p"] <= 1:
+      raise PipelineError(f"top_p={s['top_p']} is outside (0, 1]; 1 turns nucleus sampling off.")
+    settings = ar_sample.SampleSettings(temperature=s["temperature"], top_k=int(s["top_k"]), top_p=s["top_p"],
                                         cfg_scale=scales[0] if len(scales) == 1 else scales)
     style = {k: s[k] for k in ("noise", "content_subtraction", "subtraction_scale", "subtraction_blend",
                                "style_scale")}
