@@ -66,6 +66,8 @@ def test_pipeline_generates_reproducible_images(runs):
       maskgit.condition([bad])
   with pytest.raises(PipelineError, match="mode"):
     maskgit.generate(["one red star"], mode="bogus")
+  with pytest.raises(PipelineError, match="guidance scales must be numbers.*'strong'"):
+    maskgit.generate(["one red star"], scale="strong")
 
 
 def _cli(*args):

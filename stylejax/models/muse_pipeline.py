@@ -70,7 +70,11 @@ class MusePipeline:
       guidance = masked.Guidance(**{k: v for k, v in s.items() if k in _GUIDANCE_FIELDS})
     except ValueError as e:
       raise PipelineError(str(e)) from None
-    scales = {k: float(v) for k, v in s.items() if k in masked.SCALE_NAMES}
+    try:
+      scales = {k: float(v) for k, v in s.items() if k in masked.SCALE_NAMES}
+    except (TypeError, ValueError):
+      bad = {k: v for k, v in s.items() if k in masked.SCALE_NAMES}
+      raise PipelineError(f"guidance scales must be numbers; got {bad}.") from None
     return decode, guidance, scales
 
   def condition(self, prompts: Sequence[str | int]) -> tuple[np.ndarray, np.ndarray | None]:
