@@ -93,7 +93,7 @@ def random_scorers(image_size: int = 32, seed: int = 0):
                    style_params=params(S.style_encoder(cfg)), image_size=image_size)
 
 
-def _fmt(m: dict[str, Any] | None) -> str:
+def fmt_metric(m: dict[str, Any] | None) -> str:
   """mean [clustered 95% CI]; results from before `ci95_clustered` existed show the per-image CI, marked †."""
   if not m or m.get("mean") is None:
     return "–"
@@ -102,24 +102,29 @@ def _fmt(m: dict[str, Any] | None) -> str:
   return f"{m['mean']:.3f}{ci}" + ("" if "ci95_clustered" in m else "†")
 
 
-def paired_lines(per_image: dict[str, dict[str, list[float]]], samples: int = 1) -> list[str]:
-  """Markdown rows: each variant's PAIRED metrics vs the recipe's on the same items (NaN items skipped);
-  `samples` per prompt (job order groups them) makes the (reference, prompt) clusters of the clustered CIs."""
+def paired_reports(ref: dict[str, Any], other: dict[str, Any], samples: int = 1) -> list[str]:
+  """One report per PAIRED metric of `other`'s per-image scores against `ref`'s on the same items (NaN items
+  skipped); `samples` per prompt (job order groups them) makes the (reference, prompt) clusters of the CIs."""
   import numpy as np
   from stylejax.eval import metrics as M
+  cells = []
+  for k in PAIRED:
+    a, b = np.asarray(ref[k], float), np.asarray(other[k], float)
+    keep = ~np.isnan(a) & ~np.isnan(b)
+    report = M.paired_report if k in PAIRED_RATES else M.paired_difference
+    cells.append(report(a[keep], b[keep], (np.arange(a.size) // samples)[keep]))
+  return cells
+
+
+def paired_lines(per_image: dict[str, dict[str, list[float]]], samples: int = 1) -> list[str]:
+  """Markdown rows: each variant's PAIRED metrics vs the recipe's on the same items (`paired_reports`)."""
   if RECIPE not in per_image:
     return []
   rows = []
   for name, scores in per_image.items():
     if name == RECIPE:
       continue
-    cells = []
-    for k in PAIRED:
-      a, b = np.asarray(per_image[RECIPE][k], float), np.asarray(scores[k], float)
-      keep = ~np.isnan(a) & ~np.isnan(b)
-      report = M.paired_report if k in PAIRED_RATES else M.paired_difference
-      cells.append(report(a[keep], b[keep], (np.arange(a.size) // samples)[keep]))
-    rows.append("| " + " | ".join([LABELS.get(name, name)] + cells) + " |")
+    rows.append("| " + " | ".join([LABELS.get(name, name)] + paired_reports(per_image[RECIPE], scores, samples)) + " |")
   head = ["variant"] + [f"{k} (recipe -> variant)" for k in PAIRED]
   intro = (f"Paired against {LABELS[RECIPE]} on the same items: rates as gained / lost items and the exact "
            "McNemar p; style_fidelity as the mean per-image difference [95% CI]; each with the difference's "
@@ -138,7 +143,7 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace,
            f"content_leakage, normal for cosines) of results from before clustered CIs.", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, r in results.items():
-    lines.append("| " + " | ".join([LABELS.get(name, name)] + [_fmt(r.get(k)) for k in METRICS]) + " |")
+    lines.append("| " + " | ".join([LABELS.get(name, name)] + [fmt_metric(r.get(k)) for k in METRICS]) + " |")
   lines += paired_lines(per_image or {}, args.samples)
   rows = {name: r for name, r in results.items() if "structure_iou" in r}
   if rows:
@@ -146,7 +151,7 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace,
               "chance = against another prompt's mask; ceiling = the estimator on true renders of the same contents "
               "and styles.", "", "| variant | structure_iou | chance | ceiling |", "|---|---|---|---|"]
     for name, r in rows.items():
-      lines.append("| " + " | ".join([LABELS.get(name, name)] + [_fmt(r.get(k)) for k in STRUCTURE]) + " |")
+      lines.append("| " + " | ".join([LABELS.get(name, name)] + [fmt_metric(r.get(k)) for k in STRUCTURE]) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -263,7 +268,7 @@ def main(argv: list[str] | None = None) -> str:
     pipes[name] = pipes[run]
     if name in wanted:
       evaluate(name, pipes[name], **eval_overrides)
-      print(f"{name}: " + ", ".join(f"{k} {_fmt(results[name].get(k))}" for k in METRICS), flush=True)
+      print(f"{name}: " + ", ".join(f"{k} {fmt_metric(results[name].get(k))}" for k in METRICS), flush=True)
   if DPO in wanted:
     recipe, pairs = os.path.join(args.out, "stylear"), os.path.join(args.out, "dpo_pairs.npz")
     dpo_spec = "configs/stylear.py:dpo" + (",runlocal" if args.runlocal else "")

@@ -291,6 +291,25 @@ def test_cli_sample_passes_the_style_scale_to_two_scale_guidance(run, tmp_path, 
   assert not np.array_equal(np.asarray(Image.open(outs["cfg"])), np.asarray(Image.open(outs["two_scale"])))
 
 
+def test_compare_script_pairs_runs_and_sampling_settings_on_the_same_items(run, monkeypatch, capsys):
+  workdir, _ = run
+  from stylejax.models import scorers as scorers_lib
+  monkeypatch.setattr(scorers_lib, "scorers_from_workdirs", _random_scorers)
+  mod = launch_module("stylear_compare")
+  protocol = ["--num-styles", "2", "--prompts-per-style", "2", "--samples", "2"]
+  per_image = mod.main([workdir, workdir + "@temperature=1.0", workdir + "@style_scale=1.0"] + protocol)
+  same, two_scale = per_image[workdir + "@temperature=1.0"], per_image[workdir + "@style_scale=1.0"]
+  assert len(same["text_fidelity"]) == 8
+  for k in mod.PAIRED:  # the default, spelled out: the same items, scored the same
+    np.testing.assert_array_equal(same[k], per_image[workdir][k])
+  assert not np.array_equal(two_scale["style_fidelity"], same["style_fidelity"])  # an override reaches the sampler
+  out = capsys.readouterr().out
+  assert f"{workdir}@style_scale=1.0 vs {workdir} text_fidelity: " in out and "McNemar p" in out
+  assert f"{workdir}@temperature=1.0 vs {workdir} style_fidelity: " in out and "(difference 0.000" in out
+  with pytest.raises(SystemExit, match="unknown sampling settings"):
+    mod.main([workdir + "@bogus=1"] + protocol)
+
+
 def test_ablation_script_passes_config_and_dpo_overrides_to_both_runs(tmp_path, capsys):
   mod = _ablations()
   with pytest.raises(SystemExit):
