@@ -180,7 +180,8 @@ STAGES = {
     # streams (fresh schedule and Adam state each time); held-out text_fidelity (n = 96, plain) rose 0.167 ->
     # 0.323 -> 0.375, then 0.435 -> 0.526 -> 0.667 -> 0.690 on n = 384 paired (named 0.552 -> 0.625 at the last;
     # launch/base_compare.py; README). A 2500-step fifth stage on the old stream did not move it, nor did a
-    # seventh on another new stream (data seed 10; launch/SHAPESTYLE_FINDINGS.md, stops 33 and 37).
+    # seventh on another new stream (data seed 10), at the full or half peak lr (launch/SHAPESTYLE_FINDINGS.md,
+    # stops 33, 37 and 39).
     "ar": ((), ("--config.total_steps=6000", "--config.checkpoint.every=1000"),
            ("--config.total_steps=6000", "--config.checkpoint.every=1000"),
            ("--config.total_steps=4500", "--config.checkpoint.every=500"),
