@@ -4,7 +4,8 @@
   python launch/base_compare.py shapestyle:ar shapestyle:ar@temperature=0.7,top_k=10   # sampling settings
 
 A run may carry sampling overrides after `@` (comma-separated key=value, the pipeline's `generate` keywords:
-AR `cfg_scale`, `temperature`, `top_k`, `top_p`; Muse `guidance_scale`, `steps`, ...), so settings pair too.
+AR `cfg_scale`, `temperature`, `top_k`, `top_p`; Muse `scale`, `num_steps`, `choice_temperature`, `ramp`, ...), so
+settings pair too.
 
 Every base draws one image per held-out prompt (`shapestyle_eval.heldout_prompts`: plain and named sets, the
 prompts `stylejax eval` uses) for each sampling seed, so n = prompts x seeds per set. Items pair by (prompt,
@@ -62,7 +63,6 @@ def main() -> None:
       sys.exit(f"error: {path} is not a Muse or text-to-image AR run; pass one (or shapestyle:base / shapestyle:ar).")
     _, base_generate, _, frac = t2i
     generate = functools.partial(base_generate, **overrides)
-    run = spec
     sets = sets or E.heldout_prompts(frac, args.prompts)
     for name, (prompts, contents, _) in sets.items():
       labels = E.content_labels(contents)
@@ -71,10 +71,10 @@ def main() -> None:
                  for s in range(args.seeds)]
       except (ARPipelineError, MusePipelineError, TypeError) as e:
         sys.exit(f"error: {spec}: {e}")
-      hits[run, name] = np.concatenate([np.logical_and.reduce(list(a.values())) for a in agree])
-      shape_hits[run, name] = np.concatenate([a["shape"] for a in agree])
-      m, sh = M.rate_ci(hits[run, name]), shape_hits[run, name].mean()
-      print(f"{run} {name}: text_fidelity {m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] "
+      hits[spec, name] = np.concatenate([np.logical_and.reduce(list(a.values())) for a in agree])
+      shape_hits[spec, name] = np.concatenate([a["shape"] for a in agree])
+      m, sh = M.rate_ci(hits[spec, name]), shape_hits[spec, name].mean()
+      print(f"{spec} {name}: text_fidelity {m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] "
             f"(n = {m['n']}), shape {sh:.3f}", flush=True)
   ref = args.runs[0]
   for run in args.runs[1:]:

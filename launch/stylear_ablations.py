@@ -124,7 +124,8 @@ def paired_lines(per_image: dict[str, dict[str, list[float]]], samples: int = 1)
   for name, scores in per_image.items():
     if name == RECIPE:
       continue
-    rows.append("| " + " | ".join([LABELS.get(name, name)] + paired_reports(per_image[RECIPE], scores, samples)) + " |")
+    cells = paired_reports(per_image[RECIPE], scores, samples)
+    rows.append("| " + " | ".join([LABELS.get(name, name)] + cells) + " |")
   head = ["variant"] + [f"{k} (recipe -> variant)" for k in PAIRED]
   intro = (f"Paired against {LABELS[RECIPE]} on the same items: rates as gained / lost items and the exact "
            "McNemar p; style_fidelity as the mean per-image difference [95% CI]; each with the difference's "
