@@ -52,13 +52,15 @@ def main() -> None:
   from stylejax.shipped import ShippedError
   from stylejax.train.trainer import TrainError
   scorers = scorers_lib.scorers_from_workdirs()
-  hits, shape_hits, sets = {}, {}, None
+  hits, shape_hits, sets, generators = {}, {}, None, {}
   for spec in args.runs:
     path, overrides = parse_run(spec)
-    try:
-      t2i = E.text_to_image_generator(path)
-    except (ShippedError, TrainError) as e:
-      sys.exit(f"error: {e}")
+    if path not in generators:  # one pipeline per run, however many settings it is sampled under
+      try:
+        generators[path] = E.text_to_image_generator(path)
+      except (ShippedError, TrainError) as e:
+        sys.exit(f"error: {e}")
+    t2i = generators[path]
     if t2i is None:
       sys.exit(f"error: {path} is not a Muse or text-to-image AR run; pass one (or shapestyle:base / shapestyle:ar).")
     _, base_generate, _, frac = t2i
