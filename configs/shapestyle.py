@@ -48,6 +48,8 @@ def _tokenizer(c: ml_collections.ConfigDict, runlocal: bool) -> None:
       # Muse's decoder fine-tuning (DECODER_STAGE below): [] / 0 = the encoder's widths / blocks.
       decoder_channel_multipliers=[], decoder_res_blocks=0, decoder_extra_blocks=[],
       frozen_codes=False))
+  # The perceptual network when model.perceptual_weight > 0: a frozen CLIP's vision hidden states (LPIPS-style)
+  c.perceptual = ml_collections.ConfigDict(dict(workdir="", config="", layers=[0, 1, 2]))
   c.data = ml_collections.ConfigDict(dict(name="shapestyle", image_size=64, seed=0, num_examples=1_000_000,
                                           styles="named+plain"))
   # Measured 0.7 steps/s with a CLIP training beside it (35 min); ~1.5 steps/s on 2 idle cores.

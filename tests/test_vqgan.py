@@ -1,4 +1,5 @@
 """VQGAN tokenizer: shapes, quantizer maths, the shortcut quirk, training, revival, losses, sharding."""
+import os
 import sys
 from functools import partial
 
@@ -12,6 +13,8 @@ import pytest
 
 from stylejax import parallel
 from stylejax.models import vqgan as vq
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_config(**model) -> ml_collections.ConfigDict:
@@ -358,6 +361,36 @@ def test_perceptual_loss_uses_user_features(base):
   task = vq.VQGANTask(make_config(perceptual_weight=1.0), perceptual_fn=feats)
   _, aux = jax.jit(task.loss)(params, {"image": x}, key(1))
   assert float(aux["perceptual_loss"]) > 0
+
+
+def test_perceptual_loss_from_a_clip_named_in_the_config(base):
+  """config.perceptual names a CLIP: its vision hidden states, LPIPS-normalised, are the features."""
+  from stylejax.models import clip
+  from stylejax.train.trainer import load_part
+  _, params = base
+  rng = np.random.default_rng(4)
+  x, y = (jnp.asarray(rng.uniform(size=(2, 16, 16, 3)), jnp.float32) for _ in range(2))
+  spec = dict(config=os.path.join(REPO, "configs/shapestyle.py:clip,runlocal"), layers=[0, 1])
+  config = make_config(perceptual_weight=0.5)
+  config.perceptual = ml_collections.ConfigDict(spec)
+  task = vq.VQGANTask(config)
+  _, aux = jax.jit(task.loss)(params, {"image": x}, key(1))
+  assert float(aux["perceptual_loss"]) > 0
+  # By hand: per position 2 - 2 cos of the raw hidden states, averaged; summed over the chosen layers.
+  model, clip_params = load_part(config=spec["config"])
+  states = lambda im: model.model.apply({"params": clip_params}, clip.preprocess_images(im, 32),
+                                        method=lambda m, v: m.vision_model(v)[2])
+  sx, sy = states(x), states(y)
+  cos = lambda a, b: jnp.sum(a * b, -1) / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1))
+  expected = sum(float(jnp.mean(2 - 2 * cos(sx[i], sy[i]))) for i in (0, 1))
+  assert float(vq.perceptual_loss(task.perceptual_fn, x, y)) == pytest.approx(expected, rel=1e-3)
+  assert float(vq.perceptual_loss(task.perceptual_fn, x, x)) == pytest.approx(0.0, abs=1e-6)
+  config.perceptual.layers = [0, 5]
+  with pytest.raises(ValueError, match="hidden states 0..1"):
+    jax.jit(vq.VQGANTask(config).loss)(params, {"image": x}, key(1))
+  config.perceptual.update(layers=[0], config=os.path.join(REPO, "configs/shapestyle.py:content,runlocal"))
+  with pytest.raises(ValueError, match="must name a CLIP run"):
+    jax.jit(vq.VQGANTask(config).loss)(params, {"image": x}, key(1))
 
 
 def test_procedural_source_and_shapestyle_error(monkeypatch):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -415,6 +415,26 @@ def preprocess_images(images: jax.Array, image_size: int, mean: tuple[float, ...
   top, left = (nh - image_size) // 2, (nw - image_size) // 2
   images = jnp.clip(images[:, top:top + image_size, left:left + image_size], 0.0, 1.0)
   return (images - jnp.asarray(mean)) / jnp.asarray(std)
+
+
+def perceptual_features(model: CLIPModel, params: Any, layers: Sequence[int] = (0, 1, 2)
+                        ) -> Callable[[jax.Array], list[jax.Array]]:
+  """A frozen CLIP vision tower as an LPIPS-style feature extractor for tokenizer training.
+
+  Returns fn(images [B, H, W, 3] in [0, 1]) -> [hidden_states[l] for l in layers], each [B, 1 + N, D], every
+  position's channels unit-normalised and scaled by sqrt(D), so a mean squared difference over channels is
+  LPIPS' (Zhang et al. 2018) per-position sum ||phi(x)/|phi(x)| - phi(y)/|phi(y)|||^2. `params` are closed over
+  (constants): the loss trains the images' producer, never the CLIP.
+  """
+  size = model.config.vision.image_size
+
+  def fn(images: jax.Array) -> list[jax.Array]:
+    pixels = preprocess_images(images, size)
+    states = model.apply({"params": params}, pixels, method=lambda m, x: m.vision_model(x)[2])
+    picked = [states[i].astype(jnp.float32) for i in layers]
+    return [x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + 1e-6) * x.shape[-1] ** 0.5 for x in picked]
+
+  return fn
 
 
 def init_params(model: CLIPModel, rng: jax.Array, batch: int = 1) -> Any:

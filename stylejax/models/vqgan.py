@@ -511,6 +511,20 @@ class _ImageAdapter:
 # Task
 
 
+def _clip_perceptual_fn(spec: Any) -> FeatureFn:
+  """config.perceptual {workdir | config, layers}: a frozen CLIP vision tower as the perceptual network (the
+  LPIPS analogue where no VGG weights can be downloaded; `clip.perceptual_features`)."""
+  from stylejax.models import clip  # lazy: only a perceptual run needs the CLIP
+  from stylejax.train.trainer import load_part  # lazy: avoids a models <-> train import cycle
+  task, params = load_part(workdir=spec.get("workdir", ""), config=spec.get("config", ""))
+  if not isinstance(getattr(task, "model", None), clip.CLIPModel):
+    raise ValueError(f"config.perceptual must name a CLIP run, got a {type(task).__name__} one.")
+  layers, depth = tuple(spec.get("layers", (0, 1, 2))), task.model.config.vision.num_hidden_layers
+  if not layers or any(not -depth - 1 <= i <= depth for i in layers):
+    raise ValueError(f"config.perceptual.layers={list(layers)}: the CLIP has hidden states 0..{depth}; pick from them.")
+  return clip.perceptual_features(task.model, params, layers)
+
+
 class VQGANTask(Task):
   """Trains `VQGAN` with reconstruction + VQ (+ entropy, dead-code, PatchGAN, perceptual) losses.
 
@@ -529,7 +543,9 @@ class VQGANTask(Task):
   GAN with one optimizer: loss = G-terms + gan_weight * hinge_G(D_sg(x_hat)) + disc_weight * hinge_D(D(x),
   D(sg(x_hat))), where D_sg uses stop-gradient discriminator params. The VQGAN gets gradients only from
   the G-terms and the discriminator only from hinge_D, so a single step updates both (same lr).
-  `perceptual_fn` (constructor argument): images [B, H, W, 3] in [0, 1] -> features (array or list).
+  `perceptual_fn` (constructor argument): images [B, H, W, 3] in [0, 1] -> features (array or list); without
+  it, `config.perceptual` {workdir | config, layers (0, 1, 2)} names a frozen CLIP whose vision hidden states
+  are the features (LPIPS-normalised, `clip.perceptual_features`).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, perceptual_fn: FeatureFn | None = None,
@@ -552,9 +568,12 @@ class VQGANTask(Task):
     self.discriminator = (PatchDiscriminator(m.get("disc_filters", 64), m.get("disc_layers", 2), dtype=dtype)
                           if self.gan_weight > 0 else None)
     self.perceptual_weight = float(m.get("perceptual_weight", 0.0))
-    if self.perceptual_weight > 0 and perceptual_fn is None:
-      raise ValueError("model.perceptual_weight > 0 needs a feature extractor: "
-                       "VQGANTask(config, perceptual_fn=fn) with fn(images [B,H,W,3]) -> features.")
+    spec = config.get("perceptual") or {}
+    # Loaded on the first loss, so a trained run used as a frozen tokenizer never loads its CLIP.
+    self._perceptual_spec = spec if (spec.get("workdir") or spec.get("config")) else None
+    if self.perceptual_weight > 0 and perceptual_fn is None and self._perceptual_spec is None:
+      raise ValueError("model.perceptual_weight > 0 needs a feature extractor: set config.perceptual.workdir to a "
+                       "CLIP run (e.g. shapestyle:clip_style), or VQGANTask(config, perceptual_fn=fn).")
     self.perceptual_fn = perceptual_fn
     self.perceptual_layer_weights = perceptual_layer_weights
 
@@ -598,6 +617,9 @@ class VQGANTask(Task):
              + m.get("dead_code_weight", 0.0) * aux["dead_code_loss"])
     metrics = dict(aux, recon_loss=rec)
     if self.perceptual_weight > 0:
+      if self.perceptual_fn is None:
+        with jax.ensure_compile_time_eval():  # first call is inside the jitted loss: load concretely
+          self.perceptual_fn = _clip_perceptual_fn(self._perceptual_spec)
       p = perceptual_loss(self.perceptual_fn, recon, images, self.perceptual_layer_weights)
       total += self.perceptual_weight * p
       metrics["perceptual_loss"] = p
