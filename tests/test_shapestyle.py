@@ -172,6 +172,27 @@ def test_source_style_modes_and_make_example():
     ss.make_example("two red blobs", "plain")
 
 
+def test_source_mixes_fresh_training_styles():
+  """random_style_fraction draws that share in fresh held-out-family styles on the consumer's own stream."""
+  kw = dict(image_size=24, num_examples=200, random_style_fraction=0.5, random_style_stream=77)
+  mixed, again = ss.ShapeStyleSource(**kw), ss.ShapeStyleSource(**kw)
+  fresh = [i for i in range(60) if int(mixed[i]["style_id"]) >= ss.HELDOUT_ID_OFFSET]
+  assert 15 < len(fresh) < 45
+  assert all(mixed[i]["image"].tobytes() == again[i]["image"].tobytes() for i in range(10))
+  plain = ss.ShapeStyleSource(image_size=24, num_examples=200)
+  assert all(mixed[i]["image"].tobytes() == plain[i]["image"].tobytes() for i in range(60) if i not in fresh)
+  eval_styles = {tuple(np.asarray(ss.heldout_style(k).vector(), np.float32)) for k in range(16)}
+  assert tuple(ss.make_example("two red stars", ss.heldout_style(3), 24, rng=0)["style_params"]) in eval_styles
+  params = {tuple(mixed[i]["style_params"]) for i in fresh}
+  assert len(params) == len(fresh) and not params & eval_styles  # a new style each, never an eval one
+  other = ss.ShapeStyleSource(**dict(kw, random_style_stream=78))
+  assert other[fresh[0]]["image"].tobytes() != mixed[fresh[0]]["image"].tobytes()
+  with pytest.raises(ValueError, match="random_style_stream"):
+    ss.ShapeStyleSource(random_style_fraction=0.5)
+  with pytest.raises(ValueError, match="random_style_fraction"):
+    ss.ShapeStyleSource(random_style_fraction=1.5, random_style_stream=1)
+
+
 def test_tfds_builder_without_tensorflow(tmp_path):
   assert importlib.util.find_spec("tensorflow") is None, "these tests check the TF-free path"
   import tensorflow_datasets as tfds

@@ -703,7 +703,9 @@ class ShapeStyleSource:
   when given and plain is in the list). Train and test use disjoint RNG streams; contents
   (the 216 classes) are shared by design. `heldout_prompts` > 0 keeps that fraction of
   (content, style) prompts (`is_heldout_prompt`) out of the train split; the "heldout_prompts"
-  split draws only those.
+  split draws only those. `random_style_fraction` > 0 draws that share of indices as a random content in
+  a fresh held-out-family style (`training_style` on the consumer's `random_style_stream`; never an eval
+  held-out style), as CLIP, the scorers and the tokenizer's decoder train for unseen styles.
 
   `__getitem__(i)` -> dict of numpy arrays (see `make_example`): image [S, S, 3] uint8 (or float32
   in [0, 1]), mask [S, S] uint8, caption / content_caption / style_descriptor (numpy str), shape,
@@ -712,7 +714,8 @@ class ShapeStyleSource:
 
   def __init__(self, split: str = "train", image_size: int = 64, seed: int = 0, styles: Any = "named+plain",
                num_examples: int = 100_000, image_dtype: str = "uint8", plain_fraction: float | None = None,
-               num_heldout_styles: int = 16, heldout_prompts: float = 0.0):
+               num_heldout_styles: int = 16, heldout_prompts: float = 0.0, random_style_fraction: float = 0.0,
+               random_style_stream: int = 0):
     if split not in _SPLITS:
       raise ValueError(f"split={split!r}; use one of {tuple(_SPLITS)}.")
     if num_examples <= 0:
@@ -728,8 +731,13 @@ class ShapeStyleSource:
     if split == "heldout_prompts" and not 0 < self.heldout_prompts < 1:
       raise ValueError("split='heldout_prompts' needs 0 < heldout_prompts < 1.")
     self._styled = [s for s in self.styles if not s.is_plain]
-    if plain_fraction is not None and not (0 <= plain_fraction <= 1):
-      raise ValueError(f"plain_fraction={plain_fraction}; use a value in [0, 1].")
+    for name, value in (("plain_fraction", plain_fraction), ("random_style_fraction", random_style_fraction)):
+      if value is not None and not 0 <= value <= 1:
+        raise ValueError(f"{name}={value}; use a value in [0, 1].")
+    if random_style_fraction and not random_style_stream:
+      raise ValueError("random_style_fraction > 0 needs the consumer's own random_style_stream (a nonzero int), "
+                       "so its fresh styles never equal an eval held-out style.")
+    self.random_style_fraction, self.random_style_stream = float(random_style_fraction), int(random_style_stream)
 
   def __len__(self) -> int:
     return self.num_examples
@@ -746,6 +754,11 @@ class ShapeStyleSource:
       index += self.num_examples
     if not 0 <= index < self.num_examples:
       raise IndexError(f"index {index} out of range for {self.num_examples} examples.")
+    if self.random_style_fraction:  # a fresh held-out-family style (`training_style`) for this share
+      rng = np.random.default_rng([self.seed, _SPLITS[self.split], index, 0x5A7])
+      if rng.random() < self.random_style_fraction:
+        style = training_style(index, self.random_style_stream, self.seed, _SPLITS[self.split])
+        return make_example(random_content(rng), style, self.image_size, rng, self.image_dtype, index)
     rng = np.random.default_rng([self.seed, _SPLITS[self.split], index])
     want_heldout = self.split == "heldout_prompts"
     while True:  # rejection sampling; deterministic in (seed, split, index)

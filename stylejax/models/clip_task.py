@@ -153,7 +153,9 @@ class CaptionedShapeStyleSource:
       if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name}={value}; use a value in [0, 1].")
     self.images = ss.ShapeStyleSource(split=split, image_size=image_size, seed=seed, styles=styles,
-                                      num_examples=num_examples, plain_fraction=plain_fraction)
+                                      num_examples=num_examples, plain_fraction=plain_fraction,
+                                      random_style_fraction=random_style_fraction,
+                                      random_style_stream=_TRAIN_STYLE_STREAM)
     self.tokenizer, self.seed, self.split_id = tokenizer, int(seed), _SPLIT_IDS[split]
     self.content_caption_fraction = float(content_caption_fraction)
     self.random_style_fraction = float(random_style_fraction)
@@ -191,14 +193,9 @@ class CaptionedShapeStyleSource:
     return self._cache[caption]
 
   def example(self, index: int) -> dict[str, Any]:
-    """`ShapeStyleSource` example `index`, or with probability `random_style_fraction` a random content
-    in a fresh held-out-family style (`ss.training_style`; never an eval held-out style)."""
-    index = range(len(self))[int(index)]
-    rng = np.random.default_rng([self.seed, self.split_id, index, 0x5A7])
-    if rng.random() >= self.random_style_fraction:
-      return self.images[index]
-    style = ss.training_style(index, _TRAIN_STYLE_STREAM, self.seed, self.split_id)
-    return ss.make_example(ss.random_content(rng), style, self.images.image_size, rng, index=index)
+    """`ShapeStyleSource` example `index`: with probability `random_style_fraction` a random content in a
+    fresh held-out-family style (on CLIP's own `ss.training_style` stream; never an eval held-out style)."""
+    return self.images[index]
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     ex = self.example(index)

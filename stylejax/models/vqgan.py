@@ -34,6 +34,7 @@ from stylejax.train.task import Task
 
 Array = jax.Array
 Dtype = Any
+_TRAIN_STYLE_STREAM = 0x70C_0000  # `shapestyle.training_style` stream of the tokenizer's fresh training styles
 FeatureFn = Callable[[Array], Any]  # images [B, H, W, 3] in [0, 1] -> array or sequence of arrays
 
 _HIGHEST = jax.lax.Precision.HIGHEST  # argmin over codes must not run at bf16 matmul precision on TPU
@@ -538,7 +539,8 @@ class VQGANTask(Task):
     decoder_extra_blocks (per level, identity-initialised: grows a trained decoder),
     frozen_codes (False; True trains the decoder on stop-gradient codes, with the encoder and codebook
     also in optimizer.freeze).
-  config.data: name ("procedural"|"shapestyle"), image_size, num_examples, seed; shapestyle: styles.
+  config.data: name ("procedural"|"shapestyle"), image_size, num_examples, seed; shapestyle: styles,
+    random_style_fraction (0: that share of images in fresh held-out-family styles).
 
   GAN with one optimizer: loss = G-terms + gan_weight * hinge_G(D_sg(x_hat)) + disc_weight * hinge_D(D(x),
   D(sg(x_hat))), where D_sg uses stop-gradient discriminator params. The VQGAN gets gradients only from
@@ -670,5 +672,6 @@ class VQGANTask(Task):
       # ShapeStyle keeps train and test on disjoint RNG streams itself, so it gets the base seed.
       return _ImageAdapter(shapestyle.ShapeStyleSource(
           split=split, image_size=d.image_size, seed=int(d.get("seed", 0)), num_examples=d.num_examples,
-          styles=d.get("styles", "named+plain"), image_dtype="float32"))
+          styles=d.get("styles", "named+plain"), image_dtype="float32",
+          random_style_fraction=d.get("random_style_fraction", 0.0), random_style_stream=_TRAIN_STYLE_STREAM))
     raise ValueError(f"config.data.name={name!r}; use 'procedural' or 'shapestyle'.")
