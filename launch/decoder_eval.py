@@ -45,10 +45,9 @@ def main() -> None:
   decoders = {args.reference_root or "shipped": ImageTokenizer(load_task(config), params)}
   for run in args.runs:
     decoders[run] = ImageTokenizer(*_part(run, args.step))
-  columns = {}
-  for name, tok in decoders.items():
-    columns[name] = E.tokenizer(tok, scorers, args.recon)
-  _table("reconstructions of the same test renders", columns)
+  items = {name: E.tokenizer_items(tok, scorers, args.recon) for name, tok in decoders.items()}
+  _table("reconstructions of the same test renders", {name: E.tokenizer_metrics(v) for name, v in items.items()})
+  _paired(items)
 
   for base in [b for b in args.bases.split(",") if b]:
     task, _ = _part(base, None)
@@ -74,6 +73,22 @@ def _part(workdir: str, step: int | None):
   from stylejax.train.task import load_task
   config, params = trainer.load_params(workdir, step=step)
   return load_task(config), trainer.params_to_numpy(params)
+
+
+def _paired(items: dict) -> None:
+  """Each run's reconstructions against the reference's, item by item: all-heads content (McNemar) and
+  style_fidelity(recon) (mean per-image difference)."""
+  import numpy as np
+  from stylejax.eval import metrics as M
+  (ref_name, ref), *runs = items.items()
+  print(f"\n### reconstructions, paired with {ref_name}\n")
+  print("| run | set | all heads | style_fidelity(recon) |")
+  print("|---|---|---|---|")
+  hits = lambda v: np.all(list(M.text_fidelity_agreement(v["pred"], v["labels"]).values()), axis=0)
+  for name, per_set in runs:
+    for key, v in per_set.items():
+      print(f"| {name} | {key} | {M.paired_report(hits(ref[key]), hits(v))} | "
+            f"{M.paired_difference(ref[key]['style'], v['style'])} |", flush=True)
 
 
 def _table(title: str, columns: dict) -> None:

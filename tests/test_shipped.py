@@ -176,6 +176,15 @@ def test_base_compare_parses_sampling_overrides_per_run():
     base_compare.parse_run("shapestyle:ar@top_k")
 
 
+def test_decoder_eval_pairs_reconstructions_item_by_item(monkeypatch, capsys):
+  """The shipped tokenizer against itself: the same renders, so every paired difference is exactly zero."""
+  monkeypatch.setattr("sys.argv", ["decoder_eval", "shapestyle:tokenizer", "--recon", "16", "--bases", ""])
+  launch_module("decoder_eval").main()
+  rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| shapestyle:tokenizer |")]
+  assert [r.split(" | ")[1] for r in rows] == ["named", "heldout"]
+  assert all("(+0 / -0, McNemar p = 1)" in r and "(difference 0.000 [0.000, 0.000])" in r for r in rows)
+
+
 def test_eval_dispatches_on_the_run_kind(assets, monkeypatch):
   root, runs = assets
   monkeypatch.setattr(shipped, "ASSETS", root)

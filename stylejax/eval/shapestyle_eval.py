@@ -75,14 +75,31 @@ def style_retrieval(scorers, num_styles: int = 50, queries_per_style: int = 4, s
           "retrieval_top1_heldout_queries": M.rate_ci(hit[heldout])}
 
 
-def tokenizer(image_tokenizer, scorers, num: int = 300, seed: int = 0) -> dict[str, M.Metric]:
+def tokenizer_items(image_tokenizer, scorers, num: int = 300, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+  """Per-image reconstruction scores of `num` test renders, half in named + plain styles, half in held-out
+  ones: {"named"|"heldout": {"pred", "labels" (head -> [N]), "style" [N] (style-encoder cosine of recon to
+  original), "l1" [N]}}. The same renders for every tokenizer, so two tokenizers' items pair."""
   out = {}
   for name, styles in (("named", style_sets()["named"] + [ss.PLAIN_STYLE]), ("heldout", style_sets()["heldout"])):
     images, labels, _ = _examples(num // 2, styles, seed, image_tokenizer.image_size)
     recon = image_tokenizer.decode(image_tokenizer.encode(images))
-    out.update(_accuracy(scorers.classify(recon), labels, f"{name}/recon_"))
-    out[f"{name}/style_fidelity_recon"] = M.style_fidelity(scorers.style_embed(recon), scorers.style_embed(images))
-    out[f"{name}/l1"] = M.mean_ci(np.abs(recon.astype(np.float32) - images).mean((1, 2, 3)) / 255.0)
+    out[name] = dict(pred=scorers.classify(recon), labels=labels,
+                     style=M.cosine(scorers.style_embed(recon), scorers.style_embed(images)),
+                     l1=np.abs(recon.astype(np.float32) - images).mean((1, 2, 3)) / 255.0)
+  return out
+
+
+def tokenizer(image_tokenizer, scorers, num: int = 300, seed: int = 0) -> dict[str, M.Metric]:
+  return tokenizer_metrics(tokenizer_items(image_tokenizer, scorers, num, seed))
+
+
+def tokenizer_metrics(per_set: dict[str, dict[str, np.ndarray]]) -> dict[str, M.Metric]:
+  """`tokenizer_items` -> {set/metric: mean [95% CI]}: per-head and all-heads accuracy, style, L1."""
+  out = {}
+  for name, items in per_set.items():
+    out.update(_accuracy(items["pred"], items["labels"], f"{name}/recon_"))
+    out[f"{name}/style_fidelity_recon"] = M.mean_ci(items["style"])
+    out[f"{name}/l1"] = M.mean_ci(items["l1"])
   return out
 
 
