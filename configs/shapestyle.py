@@ -45,7 +45,7 @@ def _tokenizer(c: ml_collections.ConfigDict, runlocal: bool) -> None:
       # loss (at step 500 shapes came back as blobs of the wrong color; weighted, of the right one).
       foreground_weight=9.0,
       gan_weight=0.0, perceptual_weight=0.0, image_size=64,
-      # Muse's decoder fine-tuning (DECODER_STAGE below): [] / 0 = the encoder's widths / blocks.
+      # Muse's decoder fine-tuning (DECODER_STAGES below): [] / 0 = the encoder's widths / blocks.
       decoder_channel_multipliers=[], decoder_res_blocks=0, decoder_extra_blocks=[],
       frozen_codes=False))
   # The perceptual network when model.perceptual_weight > 0: a frozen CLIP's vision hidden states (LPIPS-style)
@@ -226,13 +226,21 @@ MERGE_CODES = {"tokenizer": common.SHAPESTYLE_CODES}
 
 # Then Muse's decoder fine-tuning (Chang et al. 2023, "Decoder finetuning"): the merged tokenizer's decoder grows
 # identity-initialised res blocks at 32x32 / 16x16 / 8x8 and trains on the frozen encoder's codes, so token
-# ids (and the generators trained on them) are unchanged. The build runs it `init_from` the merged export.
-DECODER_STAGE = {"tokenizer": (
+# ids (and the generators trained on them) are unchanged; then 2000 more steps with MaskGIT's VQGAN losses
+# added (PatchGAN hinge, weight 0.1; a perceptual loss, weight 0.1, on the frozen clip_style vision tower's
+# hidden states 0-2, LPIPS-normalised, where no VGG can be downloaded): style_fidelity(recon) rose on named and
+# held-out styles, content level (launch/SHAPESTYLE_FINDINGS.md, stop 40). The build runs the stages in order,
+# the first `init_from` the merged export.
+_FROZEN_CODES = (
     f"--config.model.codebook_size={common.SHAPESTYLE_CODES}", "--config.model.decoder_extra_blocks=[0,1,2,4]",
     "--config.model.frozen_codes=True", '--config.optimizer.freeze=("^encoder/","^quantizer/")',
     "--config.model.entropy_weight=0", "--config.model.dead_code_weight=0", "--config.model.foreground_weight=4.0",
     "--config.total_steps=2000", "--config.optimizer.lr=5e-4", "--config.optimizer.warmup_steps=50",
-    "--config.checkpoint.every=250")}
+    "--config.checkpoint.every=250")
+DECODER_STAGES = {"tokenizer": (
+    _FROZEN_CODES,
+    (*_FROZEN_CODES, "--config.model.gan_weight=0.1", "--config.model.perceptual_weight=0.1",
+     "--config.perceptual.workdir=shapestyle:clip_style"))}
 
 _PARTS = {
     "tokenizer": _tokenizer,

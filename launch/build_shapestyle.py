@@ -8,7 +8,7 @@ Per part, in dependency order (the generators train on the *shipped* tokenizer a
   1. `stylejax train --config configs/shapestyle.py:<part> --workdir ROOT/<part>` (resumes if killed);
      the tokenizer, base and AR base are chains of such commands (configs/shapestyle.py STAGES)
   2. export the final workdir -> stylejax/assets/shapestyle/<part>.{safetensors,json} (the tokenizer:
-     its codebook merged first, then its decoder fine-tuned from that export: MERGE_CODES, DECODER_STAGE)
+     its codebook merged first, then its decoder fine-tuned from that export: MERGE_CODES, DECODER_STAGES)
 Then every exported part is measured with `stylejax.eval.shapestyle_eval` and its metrics go into its
 JSON record and launch/BUILD_SHAPESTYLE.md, with each part's training wall time (summed over resumed
 runs) and the machine it ran on.
@@ -50,15 +50,18 @@ def stages(part: str, root: str) -> list[tuple[str, list[str]]]:
   return out
 
 
-def decoder_stage(part: str, root: str) -> list[tuple[str, list[str]]]:
+def decoder_stages(part: str, root: str) -> list[tuple[str, list[str]]]:
   """[(workdir, args)] of the part's decoder fine-tuning after its merge (configs/shapestyle.py
-  DECODER_STAGE), `init_from` the merged export; [] for other parts."""
+  DECODER_STAGES), the first `init_from` the merged export, each later one from the one before; [] for
+  other parts."""
   from configs import shapestyle
-  if part not in shapestyle.DECODER_STAGE:
-    return []
-  workdir = os.path.join(root, f"{part}_decoder")
-  return [(workdir, [f"--config=configs/shapestyle.py:{part}", *shapestyle.DECODER_STAGE[part],
-                     f"--config.init_from.workdir=shapestyle:{part}", f"--workdir={workdir}"])]
+  out = []
+  for i, extra in enumerate(shapestyle.DECODER_STAGES.get(part, ())):
+    workdir = os.path.join(root, f"{part}_decoder" + (f"{i + 1}" if i else ""))
+    init = out[-1][0] if out else f"shapestyle:{part}"
+    out.append((workdir, [f"--config=configs/shapestyle.py:{part}", *extra, f"--config.init_from.workdir={init}",
+                          f"--workdir={workdir}"]))
+  return out
 
 
 def train(part: str, root: str, extra: list[str], chain=stages) -> str:
@@ -78,8 +81,9 @@ def command(part: str) -> str:
   chain = " && ".join("stylejax train " + shlex.join(args) for _, args in stages(part, "/tmp/ss"))
   if part in shapestyle.MERGE_CODES:
     chain += f"  # then its codebook merged to {shapestyle.MERGE_CODES[part]} codes (build_shapestyle.merge_codes)"
-  for _, args in decoder_stage(part, "/tmp/ss"):
-    chain += f", exported, and its decoder fine-tuned: stylejax train {shlex.join(args)}"
+  decoder = " && ".join("stylejax train " + shlex.join(args) for _, args in decoder_stages(part, "/tmp/ss"))
+  if decoder:
+    chain += f", exported, and its decoder fine-tuned: {decoder}"
   return chain
 
 
@@ -109,7 +113,7 @@ def merge_codes(workdir: str, num_codes: int, num_images: int = 2048):
 def wall_time(part: str, root: str) -> float | None:
   """Seconds of `stylejax train` behind a part (its chain's workdirs, summed over resumed runs); None if
   none of them ran under `root`. A snapshot part counts the stages it shares with its source."""
-  workdirs = {w for w, _ in stages(part, root) + decoder_stage(part, root)}
+  workdirs = {w for w, _ in stages(part, root) + decoder_stages(part, root)}
   path = os.path.join(root, "times.jsonl")
   runs = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
   seconds = [r["seconds"] for r in runs if r["workdir"] in workdirs]
@@ -149,8 +153,8 @@ def main() -> None:
         shipped.export_params(config, params, part, command(part), dtype=dtype, merged_from=workdir)
       else:
         shipped.export(workdir, part, command=command(part), dtype=dtype)
-      if decoder_stage(part, args.root):  # starts from the export above and replaces it
-        shipped.export(train(part, args.root, extra, chain=decoder_stage), part, command=command(part), dtype=dtype)
+      if decoder_stages(part, args.root):  # starts from the export above and replaces it
+        shipped.export(train(part, args.root, extra, chain=decoder_stages), part, command=command(part), dtype=dtype)
 
   if args.no_eval:
     return

@@ -3,7 +3,7 @@
   python launch/decoder_eval.py RUN [RUN ...] [--step N] [--prompts 96] [--recon 300] [--reference-root DIR]
 
 RUN: a `stylejax train` workdir of the tokenizer part trained on the shipped tokenizer's frozen codes
-(configs/shapestyle.py DECODER_STAGE), or a shipped name. Every decoder reads the *same* token ids: codes of
+(configs/shapestyle.py DECODER_STAGES), or a shipped name. Every decoder reads the *same* token ids: codes of
 the same test renders, and the shipped Muse and AR bases' samples for the same held-out prompts and seeds
 (generated once, decoded by each decoder), so every difference is the decoder's alone. The reference column
 is the shipped tokenizer, or the one in DIR (a folder with tokenizer.json + tokenizer.safetensors). Prints one

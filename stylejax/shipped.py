@@ -109,7 +109,9 @@ def export(workdir: str, part: str, command: str, metrics: Mapping[str, Any] | N
   so recorded metrics must be measured on the exported files (see launch/build_shapestyle.py).
   """
   from stylejax.train import trainer
+  from stylejax.train.task import load_task
   config, params = trainer.load_params(workdir, devices=jax.devices()[:1])
+  params = load_task(config).exported_params(params)  # e.g. without a GAN's discriminator
   return export_params(config, params, part, command, metrics, dtype, root)
 
 

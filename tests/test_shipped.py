@@ -234,20 +234,29 @@ def test_init_from_dont_load_keeps_a_resized_decoder_fresh(assets):
     trainer._init_from(fresh, runs["tokenizer"])
 
 
-def test_decoder_stage_trains_the_grown_decoder_on_frozen_codes(assets, tmp_path):
-  """configs/shapestyle.py DECODER_STAGE at runlocal size: encoder and codebook stay bit-identical, so the
-  generators' token ids do not change; the decoder's old params train and its grown blocks exist."""
+def test_decoder_stages_train_the_grown_decoder_on_frozen_codes(assets, tmp_path):
+  """configs/shapestyle.py DECODER_STAGES at runlocal size, in order: encoder and codebook stay bit-identical,
+  so the generators' token ids do not change; the decoder's old params train and its grown blocks exist; the
+  GAN stage's discriminator trains but is not exported."""
   from configs import shapestyle
-  _, runs = assets
+  root, runs = assets
   sizes = ("codebook_size", "total_steps", "checkpoint.every")  # the full part's sizes, not runlocal's
-  stage = dict(a[len("--config."):].split("=", 1) for a in shapestyle.DECODER_STAGE["tokenizer"])
-  stage = {k: v for k, v in stage.items() if not k.endswith(sizes)}
-  stage.update({"init_from.workdir": runs["tokenizer"], "optimizer.warmup_steps": "0"})
-  tuned = _train("configs/shapestyle.py:tokenizer,runlocal", tmp_path / "decoder", **stage)
-  _, want = trainer.load_params(runs["tokenizer"])
-  _, got = trainer.load_params(tuned)
-  want, got = shipped.flatten_params(want), shipped.flatten_params(got)
-  for k in [k for k in want if not k.startswith("decoder/")]:
-    np.testing.assert_array_equal(got[k], want[k])
-  assert not np.array_equal(got["decoder/Conv_0/kernel"], want["decoder/Conv_0/kernel"])
-  assert {"decoder/Extra_2_1/Conv_1/kernel", "decoder/Extra_3_3/Conv_1/kernel"} <= set(got)
+  previous = runs["tokenizer"]
+  for i, args in enumerate(shapestyle.DECODER_STAGES["tokenizer"]):
+    stage = dict(a[len("--config."):].split("=", 1) for a in args)
+    stage = {k: v for k, v in stage.items() if not k.endswith(sizes)}
+    stage.update({"init_from.workdir": previous, "optimizer.warmup_steps": "0"})
+    tuned = _train("configs/shapestyle.py:tokenizer,runlocal", tmp_path / f"decoder{i}", **stage)
+    _, want = trainer.load_params(previous)
+    _, got = trainer.load_params(tuned)
+    want, got = shipped.flatten_params(want), shipped.flatten_params(got)
+    for k in [k for k in want if not k.startswith("decoder/")]:
+      np.testing.assert_array_equal(got[k], want[k])
+    assert not np.array_equal(got["decoder/Conv_0/kernel"], want["decoder/Conv_0/kernel"])
+    assert {"decoder/Extra_2_1/Conv_1/kernel", "decoder/Extra_3_3/Conv_1/kernel"} <= set(got)
+    previous = tuned
+  assert any(k.startswith("discriminator/") for k in got) and float(stage["model.gan_weight"]) > 0
+  weights, _ = shipped.export(previous, "tokenizer", command="test", root=str(tmp_path / "exported"))
+  from safetensors.numpy import load_file
+  exported = load_file(weights)
+  assert set(exported) == {k for k in got if not k.startswith("discriminator/")}

@@ -597,6 +597,9 @@ class VQGANTask(Task):
     """The tokenizer's own params (everything but the discriminator)."""
     return {k: v for k, v in params.items() if k != "discriminator"}
 
+  def exported_params(self, params: dict[str, Any]) -> dict[str, Any]:
+    return self.vqgan_params(params)
+
   def loss(self, params, batch, rng):
     m = self.config.model
     images = batch["image"].astype(jnp.float32)

@@ -61,6 +61,11 @@ class Task(abc.ABC):
     """Analytic training FLOPs per example, or None to use XLA's cost analysis."""
     return None
 
+  def exported_params(self, params: Params) -> Params:
+    """The params an exported (shipped) model keeps; a task drops its training-only parts (a GAN's
+    discriminator) here. Default: all."""
+    return params
+
 
 def import_object(path: str, what: str = "config.task") -> Any:
   """"package.module:Name" -> the object."""
