@@ -7,11 +7,14 @@ RUN: a `stylejax train` workdir of the tokenizer part trained on the shipped tok
 the same test renders, and the shipped Muse and AR bases' samples for the same held-out prompts and seeds
 (generated once, decoded by each decoder), so every difference is the decoder's alone. The reference column
 is the shipped tokenizer, or the one in DIR (a folder with tokenizer.json + tokenizer.safetensors). Prints one
-markdown table per check (shapestyle_eval metrics, mean [95% CI] (n)). The README's stop-23 vs stop-24 table:
+markdown table per check (shapestyle_eval metrics, mean [95% CI] (n)), then the reconstructions paired item by
+item against the reference. The README's stop-24 vs stop-40 (GAN + perceptual) table:
 
-  mkdir -p /tmp/ss23 && for f in json safetensors; do
-    git show 5ec45c2:stylejax/assets/shapestyle/tokenizer.$f > /tmp/ss23/tokenizer.$f; done
-  python launch/decoder_eval.py shapestyle:tokenizer --reference-root /tmp/ss23
+  mkdir -p /tmp/ss24 && for f in json safetensors; do
+    git show 0ba314f:stylejax/assets/shapestyle/tokenizer.$f > /tmp/ss24/tokenizer.$f; done
+  python launch/decoder_eval.py shapestyle:tokenizer --reference-root /tmp/ss24 --prompts 384
+
+(the stop-23 vs stop-24 one: commit 5ec45c2's files as the reference, run at commit 0ba314f).
 """
 from __future__ import annotations
 
