@@ -191,6 +191,8 @@ def test_source_mixes_fresh_training_styles():
     ss.ShapeStyleSource(random_style_fraction=0.5)
   with pytest.raises(ValueError, match="random_style_fraction"):
     ss.ShapeStyleSource(random_style_fraction=1.5, random_style_stream=1)
+  with pytest.raises(ValueError, match="heldout_prompts"):
+    ss.ShapeStyleSource("heldout_prompts", heldout_prompts=0.1, random_style_fraction=0.5, random_style_stream=1)
 
 
 def test_tfds_builder_without_tensorflow(tmp_path):

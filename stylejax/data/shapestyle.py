@@ -705,7 +705,7 @@ class ShapeStyleSource:
   (content, style) prompts (`is_heldout_prompt`) out of the train split; the "heldout_prompts"
   split draws only those. `random_style_fraction` > 0 draws that share of indices as a random content in
   a fresh held-out-family style (`training_style` on the consumer's `random_style_stream`; never an eval
-  held-out style), as CLIP, the scorers and the tokenizer's decoder train for unseen styles.
+  held-out style), as CLIP and the tokenizer train for unseen styles.
 
   `__getitem__(i)` -> dict of numpy arrays (see `make_example`): image [S, S, 3] uint8 (or float32
   in [0, 1]), mask [S, S] uint8, caption / content_caption / style_descriptor (numpy str), shape,
@@ -737,6 +737,9 @@ class ShapeStyleSource:
     if random_style_fraction and not random_style_stream:
       raise ValueError("random_style_fraction > 0 needs the consumer's own random_style_stream (a nonzero int), "
                        "so its fresh styles never equal an eval held-out style.")
+    if random_style_fraction and split == "heldout_prompts":
+      raise ValueError("split='heldout_prompts' draws held-out (content, named style) prompts only; "
+                       "set random_style_fraction=0 for it.")
     self.random_style_fraction, self.random_style_stream = float(random_style_fraction), int(random_style_stream)
 
   def __len__(self) -> int:
