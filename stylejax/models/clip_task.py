@@ -148,17 +148,14 @@ class CaptionedShapeStyleSource:
                seed: int = 0, num_examples: int = 100_000, styles: Any = "named+plain",
                plain_fraction: float | None = None, content_caption_fraction: float = 0.25,
                hard_negatives: int = 0, random_style_fraction: float = 0.0):
-    for name, value in (("content_caption_fraction", content_caption_fraction),
-                        ("random_style_fraction", random_style_fraction)):
-      if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name}={value}; use a value in [0, 1].")
+    if not 0.0 <= content_caption_fraction <= 1.0:  # ShapeStyleSource checks random_style_fraction
+      raise ValueError(f"content_caption_fraction={content_caption_fraction}; use a value in [0, 1].")
     self.images = ss.ShapeStyleSource(split=split, image_size=image_size, seed=seed, styles=styles,
                                       num_examples=num_examples, plain_fraction=plain_fraction,
                                       random_style_fraction=random_style_fraction,
                                       random_style_stream=_TRAIN_STYLE_STREAM)
     self.tokenizer, self.seed, self.split_id = tokenizer, int(seed), _SPLIT_IDS[split]
     self.content_caption_fraction = float(content_caption_fraction)
-    self.random_style_fraction = float(random_style_fraction)
     self.hard_negatives = int(hard_negatives)  # True -> 1
     if not 0 <= self.hard_negatives < len(ss.SHAPES):
       raise ValueError(f"hard_negatives={hard_negatives}; use 0 to {len(ss.SHAPES) - 1} shape-swapped captions.")
