@@ -67,13 +67,11 @@ def main() -> None:
     generate = functools.partial(base_generate, **overrides)
     sets = sets or E.heldout_prompts(frac, args.prompts)
     for name, (prompts, contents, _) in sets.items():
-      labels = E.content_labels(contents)
       try:
-        agree = [M.text_fidelity_agreement(scorers.classify(E.generate_all(generate, prompts, 10_007 * s)), labels)
-                 for s in range(args.seeds)]
+        agree = [E.prompt_hits(generate, prompts, contents, scorers, 10_007 * s) for s in range(args.seeds)]
       except (ARPipelineError, MusePipelineError, TypeError) as e:
         sys.exit(f"error: {spec}: {e}")
-      hits[spec, name] = np.concatenate([np.logical_and.reduce(list(a.values())) for a in agree])
+      hits[spec, name] = np.concatenate([a["all"] for a in agree])
       shape_hits[spec, name] = np.concatenate([a["shape"] for a in agree])
       m, sh = M.rate_ci(hits[spec, name]), shape_hits[spec, name].mean()
       print(f"{spec} {name}: text_fidelity {m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] "

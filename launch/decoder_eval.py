@@ -8,7 +8,8 @@ the same test renders, and the shipped Muse and AR bases' samples for the same h
 (generated once, decoded by each decoder), so every difference is the decoder's alone. The reference column
 is the shipped tokenizer, or the one in DIR (a folder with tokenizer.json + tokenizer.safetensors). Prints one
 markdown table per check (shapestyle_eval metrics, mean [95% CI] (n)), then the reconstructions paired item by
-item against the reference. The README's stop-24 vs stop-40 (GAN + perceptual) table:
+item against the reference (reconstructions: all heads and style; the bases' samples: text and shape). The
+README's stop-24 vs stop-40 (GAN + perceptual) table:
 
   mkdir -p /tmp/ss24 && for f in json safetensors; do
     git show 0ba314f:stylejax/assets/shapestyle/tokenizer.$f > /tmp/ss24/tokenizer.$f; done
@@ -68,6 +69,10 @@ def main() -> None:
       columns[name] = E.text_to_image(lambda p, n, s: tok.decode(ids(p, n, s)), tok.image_size, 0.1, scorers,
                                       args.prompts)
     _table(f"{base} samples (same ids, {args.prompts} held-out prompts per set)", columns)
+    sets = E.heldout_prompts(0.1, args.prompts)
+    hits = {name: {key: E.prompt_hits(lambda p, n, s: tok.decode(ids(p, n, s)), prompts, contents, scorers)
+                   for key, (prompts, contents, _) in sets.items()} for name, tok in decoders.items()}
+    _paired_samples(base, hits)
 
 
 def _part(workdir: str, step: int | None):
@@ -92,6 +97,19 @@ def _paired(items: dict) -> None:
     for key, v in per_set.items():
       print(f"| {name} | {key} | {M.paired_report(hits(ref[key]), hits(v))} | "
             f"{M.paired_difference(ref[key]['style'], v['style'])} |", flush=True)
+
+
+def _paired_samples(base: str, hits: dict) -> None:
+  """Each run's decodings of `base`'s samples against the reference's, item by item (McNemar): text, shape."""
+  from stylejax.eval import metrics as M
+  (ref_name, ref), *runs = hits.items()
+  print(f"\n### {base} samples, paired with {ref_name}\n")
+  print("| run | set | text_fidelity | shape |")
+  print("|---|---|---|---|")
+  for name, per_set in runs:
+    for key, v in per_set.items():
+      print(f"| {name} | {key} | {M.paired_report(ref[key]['all'], v['all'])} | "
+            f"{M.paired_report(ref[key]['shape'], v['shape'])} |", flush=True)
 
 
 def _table(title: str, columns: dict) -> None:

@@ -177,12 +177,14 @@ def test_base_compare_parses_sampling_overrides_per_run():
 
 
 def test_decoder_eval_pairs_reconstructions_item_by_item(monkeypatch, capsys):
-  """The shipped tokenizer against itself: the same renders, so every paired difference is exactly zero."""
-  monkeypatch.setattr("sys.argv", ["decoder_eval", "shapestyle:tokenizer", "--recon", "16", "--bases", ""])
+  """The shipped tokenizer against itself: the same renders and base samples, so every paired difference is zero."""
+  monkeypatch.setattr("sys.argv", ["decoder_eval", "shapestyle:tokenizer", "--recon", "16", "--bases",
+                                   "shapestyle:base", "--prompts", "4"])
   launch_module("decoder_eval").main()
   rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| shapestyle:tokenizer |")]
-  assert [r.split(" | ")[1] for r in rows] == ["named", "heldout"]
-  assert all("(+0 / -0, McNemar p = 1)" in r and "(difference 0.000 [0.000, 0.000])" in r for r in rows)
+  assert [r.split(" | ")[1] for r in rows] == ["named", "heldout", "plain", "named"]  # reconstructions, samples
+  assert all("(difference 0.000 [0.000, 0.000])" in r for r in rows[:2])
+  assert all(r.count("(+0 / -0, McNemar p = 1)") == (1 if i < 2 else 2) for i, r in enumerate(rows))
 
 
 def test_eval_dispatches_on_the_run_kind(assets, monkeypatch):

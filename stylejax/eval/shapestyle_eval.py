@@ -156,6 +156,13 @@ def content_labels(contents: list[ss.Content]) -> dict[str, np.ndarray]:
   return {h: np.asarray([getattr(c, h) for c in contents]) for h in HEADS}
 
 
+def prompt_hits(generate, prompts: list[str], contents: list[ss.Content], scorers, seed: int = 0
+                ) -> dict[str, np.ndarray]:
+  """One image per prompt, classified: {"all": every head agrees, "shape": the shape head agrees} -> [N] bool."""
+  agree = M.text_fidelity_agreement(scorers.classify(generate_all(generate, prompts, seed)), content_labels(contents))
+  return {"all": np.logical_and.reduce(list(agree.values())), "shape": np.asarray(agree["shape"], bool)}
+
+
 def text_to_image(generate, image_size: int, heldout_fraction: float, scorers, prompts_per_set: int = 96,
                   seed: int = 0) -> dict[str, M.Metric]:
   """Text-to-image quality (Muse or AR base) on prompts held out of training (`heldout_prompts`).
