@@ -229,18 +229,23 @@ MERGE_CODES = {"tokenizer": common.SHAPESTYLE_CODES}
 # ids (and the generators trained on them) are unchanged; then 2000 more steps with MaskGIT's VQGAN losses
 # added (PatchGAN hinge, weight 0.1; a perceptual loss, weight 0.1, on the frozen clip_style vision tower's
 # hidden states 0-2, LPIPS-normalised, where no VGG can be downloaded): style_fidelity(recon) rose on named and
-# held-out styles, content level (launch/SHAPESTYLE_FINDINGS.md, stop 40). The build runs the stages in order,
-# the first `init_from` the merged export.
+# held-out styles, content level (launch/SHAPESTYLE_FINDINGS.md, stop 40); then 2000 more with a quarter of the
+# images in fresh held-out-family styles: held-out style up, named level (stop 41). The build runs the stages in
+# order, the first `init_from` the merged export.
 _FROZEN_CODES = (
     f"--config.model.codebook_size={common.SHAPESTYLE_CODES}", "--config.model.decoder_extra_blocks=[0,1,2,4]",
     "--config.model.frozen_codes=True", '--config.optimizer.freeze=("^encoder/","^quantizer/")',
     "--config.model.entropy_weight=0", "--config.model.dead_code_weight=0", "--config.model.foreground_weight=4.0",
     "--config.total_steps=2000", "--config.optimizer.lr=5e-4", "--config.optimizer.warmup_steps=50",
     "--config.checkpoint.every=250")
+_VQGAN_LOSSES = ("--config.model.gan_weight=0.1", "--config.model.perceptual_weight=0.1",
+                 "--config.perceptual.workdir=shapestyle:clip_style")
 DECODER_STAGES = {"tokenizer": (
     _FROZEN_CODES,
-    (*_FROZEN_CODES, "--config.model.gan_weight=0.1", "--config.model.perceptual_weight=0.1",
-     "--config.perceptual.workdir=shapestyle:clip_style"))}
+    (*_FROZEN_CODES, *_VQGAN_LOSSES),
+    # a quarter of the images in fresh held-out-family styles, from the stage above's export (a fresh discriminator)
+    (*_FROZEN_CODES, *_VQGAN_LOSSES, "--config.data.random_style_fraction=0.25",
+     '--config.init_from.dont_load=("^discriminator/",)'))}
 
 _PARTS = {
     "tokenizer": _tokenizer,
