@@ -25,6 +25,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+HELDOUT = 0.1  # the bases' held-out prompt fraction (configs/muse.py, configs/ar.py: data.heldout_prompts)
+
 
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -66,10 +68,10 @@ def main() -> None:
 
     columns = {}
     for name, tok in decoders.items():
-      columns[name] = E.text_to_image(lambda p, n, s: tok.decode(ids(p, n, s)), tok.image_size, 0.1, scorers,
+      columns[name] = E.text_to_image(lambda p, n, s: tok.decode(ids(p, n, s)), tok.image_size, HELDOUT, scorers,
                                       args.prompts)
     _table(f"{base} samples (same ids, {args.prompts} held-out prompts per set)", columns)
-    sets = E.heldout_prompts(0.1, args.prompts)
+    sets = E.heldout_prompts(HELDOUT, args.prompts)
     hits = {name: {key: E.prompt_hits(lambda p, n, s: tok.decode(ids(p, n, s)), prompts, contents, scorers)
                    for key, (prompts, contents, _) in sets.items()} for name, tok in decoders.items()}
     _paired_samples(base, hits)
