@@ -15,7 +15,9 @@ README's stop-24 vs stop-40 (GAN + perceptual) table:
     git show 0ba314f:stylejax/assets/shapestyle/tokenizer.$f > /tmp/ss24/tokenizer.$f; done
   python launch/decoder_eval.py shapestyle:tokenizer --reference-root /tmp/ss24 --prompts 384
 
-(the stop-23 vs stop-24 one: commit 5ec45c2's files as the reference, run at commit 0ba314f).
+run at commit e201c3f, whose shipped tokenizer was the stop-40 one (the stop-23 vs stop-24 one: commit 5ec45c2's
+files as the reference, run at commit 0ba314f). The stop-41 table: the two runs of `DECODER_STAGES[2]` (with and
+without its `random_style_fraction`) against commit e201c3f's files, `RUN_D0 RUN_D25 --reference-root DIR_40`.
 """
 from __future__ import annotations
 
