@@ -22,6 +22,7 @@ without its `random_style_fraction`) against commit e201c3f's files, `RUN_D0 RUN
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -60,22 +61,26 @@ def main() -> None:
   for base in [b for b in args.bases.split(",") if b]:
     task, _ = _part(base, None)
     pipe = (ARImagePipeline if isinstance(task, ARImageTask) else MusePipeline).load(base)
-    cache: dict = {}
+    ids: dict = {}
+    images: dict = {}
 
-    def ids(prompts, num, seed):
+    def decoded(name, prompts, num, seed):
+      """Decoder `name`'s images of the base's ids for (prompts, num, seed): ids drawn once for all decoders,
+      each decoder's images decoded once for the table and the pairing both."""
       key = (tuple(prompts), num, seed)
-      if key not in cache:
-        cache[key] = pipe.generate_ids(list(prompts), num, seed)
-      return cache[key]
+      if key not in ids:
+        ids[key] = pipe.generate_ids(list(prompts), num, seed)
+      if (name, key) not in images:
+        images[name, key] = decoders[name].decode(ids[key])
+      return images[name, key]
 
-    columns = {}
-    for name, tok in decoders.items():
-      columns[name] = E.text_to_image(lambda p, n, s: tok.decode(ids(p, n, s)), tok.image_size, HELDOUT, scorers,
-                                      args.prompts)
+    generate = {name: functools.partial(decoded, name) for name in decoders}
+    columns = {name: E.text_to_image(generate[name], tok.image_size, HELDOUT, scorers, args.prompts)
+               for name, tok in decoders.items()}
     _table(f"{base} samples (same ids, {args.prompts} held-out prompts per set)", columns)
     sets = E.heldout_prompts(HELDOUT, args.prompts)
-    hits = {name: {key: E.prompt_hits(lambda p, n, s: tok.decode(ids(p, n, s)), prompts, contents, scorers)
-                   for key, (prompts, contents, _) in sets.items()} for name, tok in decoders.items()}
+    hits = {name: {key: E.prompt_hits(generate[name], prompts, contents, scorers)
+                   for key, (prompts, contents, _) in sets.items()} for name in decoders}
     _paired_samples(base, hits)
 
 
