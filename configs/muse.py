@@ -20,7 +20,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.task = "stylejax.models.muse:MuseTask"
   c.model = ml_collections.ConfigDict(dict(
       layout="muse", codebook_size=common.SHAPESTYLE_CODES, seq_len=64, text_dim=128, text_len=48, null_text="learned",
-      width=256, depth=6, heads=8, mlp_dim=1024, dropout=0.1, conv_blocks=0,
+      width=256, depth=6, heads=8, mlp_dim=1024, dropout=0.1, conv_blocks=0, conv_text_adaln=False,
       label_smoothing=0.1, mask_schedule="arccos", min_mask_rate=0.0, cond_dropout=0.1,
       foreground_weight=0.0,  # ShapeStyle: extra loss weight on shape tokens (MuseTask; 0 = Muse)
       adapters=ml_collections.ConfigDict(dict(kind="none"))))

@@ -2,6 +2,7 @@
 import os
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -160,7 +161,7 @@ def test_text_mask_hides_padding():
 @pytest.mark.parametrize("layout,scan", [("maskgit", False), ("muse", True)])
 def test_every_param_has_logical_names(layout, scan):
   kind = "lora" if layout == "muse" else "styledrop"
-  c = config(layout, scan_layers=scan, gated_mlp=True, conv_blocks=1,
+  c = config(layout, scan_layers=scan, gated_mlp=True, conv_blocks=1, conv_text_adaln=layout == "muse",
              adapters=AdapterConfig(kind=kind, targets=("query", "out", "mlp_in") if kind == "lora" else None))
   boxed = jax.eval_shape(lambda r: init(c), jax.random.key(0))
   leaves = jax.tree_util.tree_leaves_with_path(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
@@ -194,6 +195,35 @@ def test_conv_stage_is_local_and_translation_equivariant():
   assert changed[0, 0] and not changed[3:, :].any() and not changed[:, 3:].any()  # 2 blocks x 3x3: radius 2
   with pytest.raises(ValueError, match="square token grid"):
     config("muse", conv_blocks=1, seq_len=15)
+
+
+def test_conv_text_adaln_starts_as_the_text_blind_model_and_reads_only_the_unmasked_text():
+  # aMUSEd's ConvNextBlock modulation, zero-initialised: a base grown with it computes what it computed before.
+  blind, tuned = config("muse", conv_blocks=1), config("muse", conv_blocks=1, conv_text_adaln=True)
+  old, new = nn.meta.unbox(init(blind)), nn.meta.unbox(init(tuned, seed=1))
+  assert set(new) - set(old) == {"pooled_text"}
+  assert "cond_mapper" in new["conv_in"]["block_0"] and "cond_mapper" not in old["conv_in"]["block_0"]
+  flat_old, flat_new = traverse_util.flatten_dict(old), traverse_util.flatten_dict(new)
+  assert set(flat_old) < set(flat_new)
+  grown = traverse_util.unflatten_dict({**flat_new, **flat_old})  # old weights, new params at their init
+  ids, text = inputs(tuned)
+  mask = jnp.array([[True, True, False]] * 2)
+  a, _ = muse.MaskedTransformer(blind).apply({"params": old}, ids, text, mask)
+  b, _ = muse.MaskedTransformer(tuned).apply({"params": grown}, ids, text, mask)
+  np.testing.assert_allclose(a, b, atol=1e-6)
+  # Trained (non-zero) mappers: the text now reaches the conv stages, padding rows still do not.
+  live = jax.tree_util.tree_map_with_path(
+      lambda path, p: p + 0.5 * jax.random.normal(jax.random.key(3), p.shape)
+      if "cond_mapper" in jax.tree_util.keystr(path) else p, grown)
+  model = muse.MaskedTransformer(tuned)
+  c_, _ = model.apply({"params": live}, ids, text, mask)
+  assert not np.allclose(b, c_, atol=1e-4)
+  d, _ = model.apply({"params": live}, ids, text.at[:, 2].set(100.0), mask)
+  np.testing.assert_allclose(c_, d, atol=1e-5)
+  with pytest.raises(ValueError, match="conv_text_adaln"):
+    config("muse", conv_text_adaln=True)
+  with pytest.raises(ValueError, match="conv_text_adaln"):
+    config("maskgit", conv_blocks=1, conv_text_adaln=True)
 
 
 def test_conv_block_grn_gradient_is_finite_on_a_dead_channel():

@@ -27,6 +27,8 @@ needs both). Adapters work with scanned and unscanned layers alike.
 
 `conv_blocks` > 0 wraps the transformer in ConvNeXt stages on the token grid (`conv_in` after the
 embedding, `conv_out` before the head), as aMUSEd's U-ViT does; 0 keeps the papers' plain transformer.
+`conv_text_adaln` adds aMUSEd's text modulation to those blocks (`pooled_text` embeds the masked mean of the
+projected text states; each block maps it to a scale and shift).
 
 Layers are `layers_{i}` submodules, or with `scan_layers` one `layers` submodule whose params
 have a leading "layers" axis; `stack_layers` / `unstack_layers` convert between the two.
@@ -83,6 +85,9 @@ class MuseConfig:
   # every position instead of per position embedding. 0 = the plain transformer of the papers.
   conv_blocks: int = 0
   conv_kernel: int = 3
+  # aMUSEd's ConvNextBlock modulation: x * (1 + scale) + shift from the pooled text (muse layout), zero-initialised,
+  # so the token-grid stages know what to draw; False keeps them text-blind (the shipped base until stop 42).
+  conv_text_adaln: bool = False
   adapters: AdapterConfig = AdapterConfig()
 
   def __post_init__(self):
@@ -93,6 +98,9 @@ class MuseConfig:
       raise ValueError(f"model.null_text={self.null_text!r}; use 'learned' or 'zeros'.")
     if self.conv_blocks and math.isqrt(self.seq_len) ** 2 != self.seq_len:
       raise ValueError(f"model.conv_blocks needs a square token grid; model.seq_len={self.seq_len} is not a square.")
+    if self.conv_text_adaln and (self.layout != "muse" or not self.conv_blocks):
+      raise ValueError("model.conv_text_adaln modulates the ConvNeXt stages by the pooled text: it needs "
+                       "model.layout='muse' and model.conv_blocks > 0.")
 
   @property
   def vocab_size(self) -> int:
@@ -383,12 +391,35 @@ def _spatial_l2_norm(y: jax.Array) -> jax.Array:
   return jnp.where(live, jnp.sqrt(jnp.where(live, sq, 1.0)), 0.0)
 
 
-class ConvNeXtBlock(_LayoutModule):
-  """x + Dense(GRN(gelu(Dense(LN(dwconv(x)))))) on the token grid [B, h, w, D] (aMUSEd UVit2D ConvNextBlock,
-  without its AdaLN micro-conditioning; GRN as ConvNeXt V2, Woo et al. 2023)."""
+class PooledText(_LayoutModule):
+  """Text states [B, T, D] (+ mask [B, 1, 1, T]) -> masked mean -> Dense, SiLU, Dense -> [B, D].
+
+  aMUSEd embeds CLIP's pooled (EOS) text embedding with a TimestepEmbedding MLP (UVit2DModel.cond_embed, without
+  its micro-conditions); this model is given the text states, so it pools their masked mean (a learned null
+  text has no EOS)."""
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, text: jax.Array, mask: jax.Array | None) -> jax.Array:
+    c, d = self.config, text.shape[-1]
+    if mask is None:
+      pooled = jnp.mean(text, axis=1)
+    else:
+      w = mask[:, 0, 0, :, None].astype(text.dtype)
+      pooled = jnp.sum(text * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
+    for i, act in ((1, nn.silu), (2, lambda v: v)):
+      pooled = act(nn.Dense(d, dtype=self.dtype, param_dtype=self.param_dtype, name=f"linear_{i}",
+                            kernel_init=_named(_init(c), ("embed", "mlp")),
+                            bias_init=_named(nn.initializers.zeros, ("mlp",)))(pooled))
+    return pooled
+
+
+class ConvNeXtBlock(_LayoutModule):
+  """x + Dense(GRN(gelu(Dense(LN(dwconv(x)))))) on the token grid [B, h, w, D] (aMUSEd UVit2D ConvNextBlock,
+  without its micro-conditioning; GRN as ConvNeXt V2, Woo et al. 2023). With `pooled` [B, D'] (conv_text_adaln),
+  then x * (1 + scale) + shift, (scale, shift) = Dense(SiLU(pooled)) as aMUSEd's cond_embeds_mapper, zero-init."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, pooled: jax.Array | None = None) -> jax.Array:
     c, d = self.config, x.shape[-1]
     k = c.conv_kernel
     zeros = nn.initializers.zeros
@@ -407,19 +438,26 @@ class ConvNeXtBlock(_LayoutModule):
     gamma = self.param("grn_gamma", _named(zeros, ("mlp",)), (4 * d,), self.param_dtype)
     beta = self.param("grn_beta", _named(zeros, ("mlp",)), (4 * d,), self.param_dtype)
     y = gamma * (y * nx).astype(self.dtype) + beta + y
-    return x + dense(d, ("mlp", "embed"), "project")(y)
+    x = x + dense(d, ("mlp", "embed"), "project")(y)
+    if pooled is None:
+      return x
+    scale, shift = jnp.split(nn.Dense(2 * d, dtype=self.dtype, param_dtype=self.param_dtype, name="cond_mapper",
+                                      kernel_init=_named(zeros, ("mlp", "embed")),
+                                      bias_init=_named(zeros, ("embed",)))(nn.silu(pooled)), 2, axis=-1)
+    return x * (1 + scale[:, None, None]) + shift[:, None, None]
 
 
 class ConvStage(_LayoutModule):
-  """`config.conv_blocks` ConvNeXt blocks on the sequence viewed as its square grid: [B, L, D] -> [B, L, D]."""
+  """`config.conv_blocks` ConvNeXt blocks on the sequence viewed as its square grid: [B, L, D] -> [B, L, D]
+  (each modulated by `pooled` [B, D] when given)."""
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, pooled: jax.Array | None = None) -> jax.Array:
     b, length, d = x.shape
     side = math.isqrt(length)
     x = x.reshape(b, side, side, d)
     for i in range(self.config.conv_blocks):
-      x = ConvNeXtBlock(self.config, dtype=self.dtype, param_dtype=self.param_dtype, name=f"block_{i}")(x)
+      x = ConvNeXtBlock(self.config, dtype=self.dtype, param_dtype=self.param_dtype, name=f"block_{i}")(x, pooled)
     return _seq(x.reshape(b, length, d))
 
 
@@ -448,8 +486,9 @@ class MaskedTransformer(nn.Module):
     embed = layout.embed(**kw, name="embed")
     x, ctx = embed(ids, cond, cond_mask, drop_cond)
     image = slice(x.shape[1] - c.seq_len, None)  # the image tokens (maskgit prepends its class token)
+    pooled = PooledText(**kw, name="pooled_text")(ctx["text"], ctx["text_mask"]) if c.conv_text_adaln else None
     if c.conv_blocks:
-      x = x.at[:, image].set(ConvStage(**kw, name="conv_in")(x[:, image]))
+      x = x.at[:, image].set(ConvStage(**kw, name="conv_in")(x[:, image], pooled))
 
     weights = {}
     if adapters and c.adapters.enabled:
@@ -466,7 +505,7 @@ class MaskedTransformer(nn.Module):
         x, _ = block(**kw, name=f"{LAYER_NAME}_{i}")(x, ctx, layer_slice(weights, i) if i in tuned else {})
 
     if c.conv_blocks:
-      x = x.at[:, image].set(ConvStage(**kw, name="conv_out")(x[:, image]))
+      x = x.at[:, image].set(ConvStage(**kw, name="conv_out")(x[:, image], pooled))
     logits = layout.head(**kw, name="head")(x, ctx, embed).astype(jnp.float32)
     return nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab")), {}
 
@@ -716,4 +755,6 @@ class MuseTask(Task):
       layer += s * (4 * d * d + 4 * t * d) + 4 * t * d * d  # cross-attn q/o, scores, k/v on text
     head = s * 2 * d * k + (s * 2 * d * d if c.layout == "maskgit" else 0)
     conv = 2 * c.conv_blocks * c.seq_len * (2 * c.conv_kernel ** 2 * d + 16 * d * d)  # depthwise + 2 pointwise
+    if c.conv_text_adaln:
+      conv += 4 * d * d + 2 * c.conv_blocks * 4 * d * d  # pooled-text MLP + each block's scale / shift mapper
     return 3.0 * (c.depth * layer + head + conv)
