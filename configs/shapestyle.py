@@ -175,7 +175,8 @@ STAGES = {
     # each time). The plain transformer continued 2500 steps did not improve (shape accuracy 0.167 / 0.042);
     # the conv-stage one did, and its third stage lifted named prompts (README); a fourth (4500 steps on a new
     # data stream) did not and is not part of it, nor are two 3000-step ones without dropout and label
-    # smoothing (+0.04 / +0.04, not significant; launch/SHAPESTYLE_FINDINGS.md, stops 34 and 38).
+    # smoothing (+0.04 / +0.04, not significant) or one with aMUSEd's text modulation of the conv stages
+    # (`model.conv_text_adaln`: level on 384 distinct prompts; launch/SHAPESTYLE_FINDINGS.md, stops 34, 38, 42).
     "base": ((), ("--config.total_steps=8000", "--config.checkpoint.every=1000"),
              ("--config.total_steps=4500", "--config.checkpoint.every=500")),
     # The shipped AR base: 1800 steps, then 6000 more twice, 4500 more, and 6000 more on each of two new data
