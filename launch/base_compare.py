@@ -12,9 +12,9 @@ prompts `stylejax eval` uses) for each sampling seed, so n = prompts x seeds per
 seed); McNemar's exact test on the items one base gets right and the other not sees differences that two
 separate Wilson intervals cannot. McNemar takes the items as independent, but a prompt's seeds share its
 content, so with --seeds > 1 each line also gives the difference's 95% interval under the cluster bootstrap over
-prompts (`metrics.paired_report` clusters): stop 42's 96 x 4 McNemar p = 0.009 did not replicate on 384 distinct
-prompts, and its clustered interval is the one to read. Seed 0 reproduces `stylejax eval`'s text_fidelity for
-the same prompts.
+prompts (`metrics.paired_report` clusters). Confirm a gain on distinct prompts (--prompts 384 --seeds 1) before
+trusting it: stop 42's 96 x 4 gain (McNemar p = 0.009, clustered interval above zero) did not replicate there.
+Seed 0 reproduces `stylejax eval`'s text_fidelity for the same prompts.
 """
 import argparse
 import functools
