@@ -36,6 +36,7 @@ have a leading "layers" axis; `stack_layers` / `unstack_layers` convert between 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -407,11 +408,10 @@ class PooledText(_LayoutModule):
     else:
       w = mask[:, 0, 0, :, None].astype(text.dtype)
       pooled = jnp.sum(text * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
-    for i, act in ((1, nn.silu), (2, lambda v: v)):
-      pooled = act(nn.Dense(d, dtype=self.dtype, param_dtype=self.param_dtype, name=f"linear_{i}",
-                            kernel_init=_named(_init(c), ("embed", "mlp")),
-                            bias_init=_named(nn.initializers.zeros, ("mlp",)))(pooled))
-    return pooled
+    dense = functools.partial(nn.Dense, d, dtype=self.dtype, param_dtype=self.param_dtype,
+                              kernel_init=_named(_init(c), ("embed", "mlp")),
+                              bias_init=_named(nn.initializers.zeros, ("mlp",)))
+    return dense(name="linear_2")(nn.silu(dense(name="linear_1")(pooled)))
 
 
 class ConvNeXtBlock(_LayoutModule):
