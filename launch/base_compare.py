@@ -53,6 +53,7 @@ def main() -> None:
   from stylejax.models import scorers as scorers_lib
   from stylejax.models.ar_t2i import PipelineError as ARPipelineError
   from stylejax.models.muse_pipeline import PipelineError as MusePipelineError
+  from stylejax.sample.best_of import BestOfError
   from stylejax.shipped import ShippedError
   from stylejax.train.trainer import TrainError
   scorers = scorers_lib.scorers_from_workdirs()
@@ -73,7 +74,7 @@ def main() -> None:
     for name, (prompts, contents, _) in sets.items():
       try:
         agree = [E.prompt_hits(generate, prompts, contents, scorers, 10_007 * s) for s in range(args.seeds)]
-      except (ARPipelineError, MusePipelineError, TypeError) as e:
+      except (ARPipelineError, MusePipelineError, BestOfError, TypeError) as e:
         sys.exit(f"error: {spec}: {e}")
       hits[spec, name] = np.concatenate([a["all"] for a in agree])
       shape_hits[spec, name] = np.concatenate([a["shape"] for a in agree])

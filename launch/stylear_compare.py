@@ -5,7 +5,7 @@
 
 Each spec is a StyleAR workdir (or the AR base: style named in the caption), optionally with sampling overrides
 after `@` (comma-separated key=value; `ARImagePipeline.generate` keywords: cfg_scale, style_scale, noise,
-temperature, top_k, top_p, ...). Every spec is scored with `stylear.evaluate` on the same protocol (held-out
+temperature, top_k, top_p, best_of, ...). Every spec is scored with `stylear.evaluate` on the same protocol (held-out
 styles x prompts of another shape x samples, seed), so the items pair: text_fidelity and content_leakage by
 gained / lost items and McNemar's exact p, style_fidelity by the mean per-image difference; each with the
 difference's 95% CI clustered by (reference, prompt), as `launch/stylear_ablations.py` reports.
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
   args = ap.parse_args(argv)
   from stylejax.methods import stylear
   from stylejax.models import ar_t2i, scorers as scorers_lib
+  from stylejax.sample.best_of import BestOfError
   from stylejax.shipped import ShippedError
   from stylejax.train.trainer import TrainError
   scorers = scorers_lib.load_scorers(args.scorers) if args.scorers else scorers_lib.scorers_from_workdirs()
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
       pipes[path] = pipes.get(path) or stylear.load(path)
       metrics, per_image[spec] = stylear.evaluate(pipes[path], scorers, **protocol, return_per_image=True,
                                                   **overrides)
-    except (ShippedError, TrainError, ar_t2i.PipelineError) as e:
+    except (ShippedError, TrainError, ar_t2i.PipelineError, BestOfError) as e:
       sys.exit(f"error: {spec}: {e}")
     print(f"{spec}: " + ", ".join(f"{k} {fmt_metric(metrics[k])}" for k in PAIRED) +
           f" (n = {metrics['text_fidelity']['n']})", flush=True)

@@ -47,6 +47,8 @@ def _flag_values(command: str) -> flags.FlagValues:
       flags.DEFINE_string("style_image", None, "style reference image", flag_values=fv)
       flags.DEFINE_integer("style_code", None, "CoTyle style code", flag_values=fv)
       flags.DEFINE_integer("num", 1, "images per prompt", flag_values=fv)
+      flags.DEFINE_integer("best_of", 1, "draw N candidates per image and keep the shipped CLIP's pick (closest to "
+                           "the prompt)", flag_values=fv)
       flags.DEFINE_string("negative_prompt", None, "negative prompt (text-conditioned models)", flag_values=fv)
       flags.DEFINE_integer("steps", None, "decode steps (default: the run's config.sample)", flag_values=fv)
       flags.DEFINE_float("guidance_scale", None, "CFG scale (default: the run's config.sample)", flag_values=fv)
@@ -120,7 +122,7 @@ def _sample(fv) -> int:
     raise UsageError(f"--out {fv.out!r} must be a .png file.")
   from stylejax.eval import report
   from stylejax.methods import styledrop
-  kw = dict(num_steps=fv.steps, negative_prompt=fv.negative_prompt, scale=fv.guidance_scale)
+  kw = dict(num_steps=fv.steps, negative_prompt=fv.negative_prompt, scale=fv.guidance_scale, best_of=fv.best_of)
   if styledrop.is_styledrop_workdir(fv.workdir):
     if fv.style_image or fv.style_code is not None:
       raise UsageError("a StyleDrop workdir carries its style; drop --style_image/--style_code.")
@@ -133,7 +135,7 @@ def _sample(fv) -> int:
       from stylejax.data.images import load_image
       style = load_image(fv.style_image, 64)
     images = stylear.generate(fv.workdir, [fv.prompt], style, num=fv.num, seed=fv.seed,
-                              cfg_scale=fv.guidance_scale, style_scale=fv.style_guidance)
+                              cfg_scale=fv.guidance_scale, style_scale=fv.style_guidance, best_of=fv.best_of)
   else:
     if fv.style_image or fv.style_code is not None:
       raise UsageError("--style_image/--style_code need a StyleAR or CoTyle workdir; this run samples from its "
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
 def _is_user_error(e: Exception) -> bool:
   from stylejax import config as config_lib  # light import: no jax
   names = {"ParallelError", "TrainError", "ImageError", "PipelineError", "StyleDropError", "ShippedError",
-           "SelectionError"}
+           "SelectionError", "BestOfError"}
   return isinstance(e, (UsageError, config_lib.ConfigError)) or type(e).__name__ in names
 
 

@@ -30,3 +30,18 @@ def launch_module(name: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+class BrightnessClip:
+  """A stand-in CLIP: an image's score for any text is its mean brightness (unit 2-vectors, text = [1, 0])."""
+
+  def __init__(self):
+    self.texts = []
+
+  def embed_images(self, images):
+    b = np.asarray(images, np.float64).mean(axis=(1, 2, 3)) / 255.0
+    return np.stack([b, np.sqrt(1.0 - b ** 2)], -1)
+
+  def embed_texts(self, texts):
+    self.texts.append(list(texts))
+    return np.tile([[1.0, 0.0]], (len(texts), 1))

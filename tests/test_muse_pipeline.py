@@ -96,3 +96,16 @@ def test_tokenizer_shape_mismatch_is_a_clear_error():
   task = load_task(config)
   with pytest.raises(ValueError, match="model.seq_len=16"):
     task.image_tokenizer
+
+
+def test_best_of_keeps_the_clip_pick_among_the_candidates_the_pipeline_draws(runs):
+  from stylejax.sample import best_of
+  from _testutil import BrightnessClip
+  pipe = MusePipeline.load(runs["muse"])
+  prompts = ["two red stars in neon outline style", "one blue circle"]
+  candidates = pipe.generate(prompts, num=2 * 3, seed=5)  # what best_of=3 draws for num=2
+  picked = pipe.generate(prompts, num=2, seed=5, best_of=3, best_of_clip=BrightnessClip())
+  brightest = candidates.reshape(4, 3, -1).astype(np.float64).mean(-1).argmax(-1) + 3 * np.arange(4)
+  np.testing.assert_array_equal(picked, candidates[brightest])
+  with pytest.raises(best_of.BestOfError, match="class-id"):
+    MusePipeline.load(runs["maskgit"]).generate([17], best_of=2, best_of_clip=BrightnessClip())

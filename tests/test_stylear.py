@@ -297,9 +297,12 @@ def test_compare_script_pairs_runs_and_sampling_settings_on_the_same_items(run, 
   monkeypatch.setattr(scorers_lib, "scorers_from_workdirs", _random_scorers)
   mod = launch_module("stylear_compare")
   protocol = ["--num-styles", "2", "--prompts-per-style", "2", "--samples", "2"]
-  per_image = mod.main([workdir, workdir + "@temperature=1.0", workdir + "@style_scale=1.0"] + protocol)
+  per_image = mod.main([workdir, workdir + "@temperature=1.0", workdir + "@style_scale=1.0", workdir + "@best_of=2"]
+                       + protocol)
   same, two_scale = per_image[workdir + "@temperature=1.0"], per_image[workdir + "@style_scale=1.0"]
-  assert len(same["text_fidelity"]) == 8
+  assert len(same["text_fidelity"]) == 8 and len(per_image[workdir + "@best_of=2"]["text_fidelity"]) == 8
+  # best of 2 by the shipped CLIP: other images on the same items
+  assert not np.array_equal(per_image[workdir + "@best_of=2"]["style_fidelity"], same["style_fidelity"])
   for k in mod.PAIRED:  # the default, spelled out: the same items, scored the same
     np.testing.assert_array_equal(same[k], per_image[workdir][k])
   assert not np.array_equal(two_scale["style_fidelity"], same["style_fidelity"])  # an override reaches the sampler
@@ -308,6 +311,17 @@ def test_compare_script_pairs_runs_and_sampling_settings_on_the_same_items(run, 
   assert f"{workdir}@temperature=1.0 vs {workdir} style_fidelity: " in out and "(difference 0.000" in out
   with pytest.raises(SystemExit, match="unknown sampling settings"):
     mod.main([workdir + "@bogus=1"] + protocol)
+  with pytest.raises(SystemExit, match="best_of=0"):
+    mod.main([workdir + "@best_of=0"] + protocol)
+
+
+def test_seed_keys_keep_the_plain_keys_and_give_each_candidate_its_own():
+  plain = stylear._seed_keys([3, 9])
+  want = jax.vmap(jax.random.key)(jnp.asarray([3, 9]))
+  np.testing.assert_array_equal(jax.random.key_data(plain), jax.random.key_data(want))
+  cands = np.asarray(jax.random.key_data(stylear._seed_keys([3, 9], 3)))
+  assert cands.shape[0] == 6 and len({tuple(k) for k in cands}) == 6
+  np.testing.assert_array_equal(cands[4], jax.random.key_data(jax.random.fold_in(jax.random.key(9), 1)))
 
 
 def test_ablation_script_passes_config_and_dpo_overrides_to_both_runs(tmp_path, capsys):

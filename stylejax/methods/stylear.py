@@ -46,7 +46,7 @@ from stylejax.data import shapestyle as ss
 from stylejax.eval import metrics as M
 from stylejax.models.ar_t2i import (ARImagePipeline, ARImageTask, PipelineError, guidance_contexts,
                                     guidance_scales, style_scale_of)
-from stylejax.sample import autoregressive as ar_sample
+from stylejax.sample import autoregressive as ar_sample, best_of as best_of_lib
 from stylejax.train import dpo
 
 # Fresh random training styles (the held-out family) come from this seed stream; eval held-out
@@ -254,18 +254,26 @@ def generate(workdir: str | ARImagePipeline, prompts: Sequence[str], style_image
                        structure_images=structure, **overrides)
 
 
-def _batched(pipe: ARImagePipeline, texts: list[str], seeds: Sequence[int], style_images: np.ndarray | None,
+def _seed_keys(seeds: Sequence[int], candidates: int = 1) -> jax.Array:
+  """PRNG keys [N * candidates]: key(seed) per row, or with candidates > 1 fold_in(key(seed), c) for c < candidates
+  (row-major: a seed's candidates are consecutive)."""
+  keys = jax.vmap(jax.random.key)(jnp.asarray(np.asarray(seeds, np.uint32)))
+  if candidates == 1:
+    return keys
+  return jax.vmap(jax.random.fold_in)(jnp.repeat(keys, candidates), jnp.tile(jnp.arange(candidates), len(seeds)))
+
+
+def _batched(pipe: ARImagePipeline, texts: list[str], keys: jax.Array, style_images: np.ndarray | None,
              content_images: np.ndarray | None, structure: np.ndarray | None, batch_size: int,
              **overrides: Any) -> np.ndarray:
-  """ids [N, L] for N rows in fixed-size batches (the last one padded), so the decode loop compiles once."""
+  """ids [N, L] for N rows (keys [N]) in fixed-size batches (the last one padded), so the decode loop compiles once."""
   n = len(texts)
   out = []
   for start in range(0, n, batch_size):
     idx = np.minimum(np.arange(start, start + batch_size), n - 1)
     take = lambda a: None if a is None else a[idx]
-    keys = jax.vmap(jax.random.key)(jnp.asarray(np.asarray(seeds, np.uint32)[idx]))
-    ids = pipe.sample_rows([texts[i] for i in idx], keys, take(style_images), take(content_images), take(structure),
-                           **overrides)
+    ids = pipe.sample_rows([texts[i] for i in idx], keys[jnp.asarray(idx)], take(style_images),
+                           take(content_images), take(structure), **overrides)
     out.append(ids[:min(batch_size, n - start)])
   return np.concatenate(out, 0)
 
@@ -280,11 +288,13 @@ def evaluate(workdir: str | ARImagePipeline, scorers: Any, num_styles: int = 10,
   image). A run without style tokens (the AR base) gets the style through its caption words
   instead ("... in {descriptor} style"). Metrics (overall): text_fidelity, style_fidelity,
   content_leakage and, with `clip`, clip_t (vs the content prompt) and clip_i (vs the reference),
-  each {"mean", "ci95", "n"}. `overrides`: sampling settings as in `generate`. With `return_per_image`,
+  each {"mean", "ci95", "n"}. `overrides`: sampling settings as in `generate`, and best_of=N (each image the
+  best of N candidates by CLIP(image, prompt), `sample/best_of.py`; best_of_clip: its CLIP). With `return_per_image`,
   also the per-image scores ({name: [N]} in job order, NaN where a metric does not count): two runs
   evaluated with the same arguments score the same items, so they can be compared paired.
   """
   pipe = workdir if isinstance(workdir, ARImagePipeline) else load(workdir)
+  n, clip_spec = best_of_lib.check(overrides.pop("best_of", 1)), overrides.pop("best_of_clip", best_of_lib.DEFAULT_CLIP)
   size = pipe.image_size
   styles = [ss.heldout_style(k) for k in range(num_styles)]
   protocol = M.evaluation_protocol(styles, range(prompts_per_style), samples, seed)
@@ -306,8 +316,14 @@ def evaluate(workdir: str | ARImagePipeline, scorers: Any, num_styles: int = 10,
   settings = pipe.settings(**overrides)[1]
   content_images = np.stack(plains)[si] if pipe.has_style and settings["content_subtraction"] else None
   structure = pipe.default_structure(texts, seeds) if pipe.task.structure else None
-  ids = _batched(pipe, texts, seeds, style_images, content_images, structure, batch_size, **overrides)
+  # best of N by CLIP(image, prompt) (`sample/best_of.py`): N candidates per job, the CLIP's pick scored
+  rows = np.repeat(np.arange(len(jobs)), n)
+  each = lambda a: None if a is None else a[rows]
+  row_texts = [texts[r] for r in rows]
+  ids = _batched(pipe, row_texts, _seed_keys(seeds, n), each(style_images), each(content_images), each(structure),
+                 batch_size, **overrides)
   images = pipe.task.image_tokenizer.decode(ids)
+  images = images[best_of_lib.select(images, row_texts, n, clip_spec)]
 
   scores = sample_scores(scorers, images, contents, np.stack(refs)[si], [ref_contents[i].shape for i in si])
   per_image = {"text_fidelity": scores["text"], "style_fidelity": scores["style"], "content_leakage": scores["leakage"]}
@@ -396,8 +412,8 @@ def build_dpo_pairs(workdir: str | ARImagePipeline, scorers: Any, out_path: str,
   # one structure per prompt (both halves of a pair must share their context)
   structure = (pipe.default_structure(texts, [seed * 7919 + n for n in range(num_prompts)])[rows]
                if task.structure else None)
-  ids = _batched(pipe, [texts[i] for i in rows], seeds, np.stack(refs)[rows], None, structure, batch_size,
-                 **overrides)
+  ids = _batched(pipe, [texts[i] for i in rows], _seed_keys(seeds), np.stack(refs)[rows], None, structure,
+                 batch_size, **overrides)
   images = task.image_tokenizer.decode(ids)
   scores = preference_score(sample_scores(scorers, images, [contents[i] for i in rows], np.stack(refs)[rows],
                                           np.asarray(ref_shapes)[rows]), weights).reshape(num_prompts, k)

@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from stylejax.data import shapestyle as ss
+from stylejax.sample import best_of
 
 TEMPLATE = "{content} in {descriptor} style"  # StyleDrop's training/sampling prompt template
 MANIFEST = "styledrop.json"
@@ -163,13 +164,12 @@ def select_clip(cands: Candidates, reference: np.ndarray, clip, style_filter: bo
   """Best of N per prompt by CLIP(image, content text); with `style_filter`, only candidates whose
   CLIP(image, reference) is at least the mean over all candidates compete (StyleDrop §3.3)."""
   img = clip.embed_images(cands.images)
-  text = clip.embed_texts(cands.contents)
-  clip_t = np.sum(img * text, -1)
+  clip_t = np.sum(img * clip.embed_texts(cands.contents), -1)
   keep = np.ones(len(img), bool)
   if style_filter:
     clip_i = img @ clip.embed_images(reference[None])[0]
     keep = clip_i >= clip_i.mean()
-  return _best_per_prompt(cands.prompt_index, np.where(keep, clip_t, -np.inf))
+  return best_of.best_per_group(cands.prompt_index, np.where(keep, clip_t, -np.inf))
 
 
 def select_scorer(cands: Candidates, reference: np.ndarray, scorers) -> list[int]:
@@ -180,17 +180,7 @@ def select_scorer(cands: Candidates, reference: np.ndarray, scorers) -> list[int
   correct = np.asarray([pred["shape"][i] == w.shape and pred["color"][i] == w.color and pred["count"][i] == w.count
                         for i, w in enumerate(want)])
   style = scorers.style_embed(cands.images) @ scorers.style_embed(reference[None])[0]
-  return _best_per_prompt(cands.prompt_index, np.where(correct, style, -np.inf))
-
-
-def _best_per_prompt(prompt_index: np.ndarray, score: np.ndarray) -> list[int]:
-  out = []
-  for p in np.unique(prompt_index):
-    idx = np.flatnonzero(prompt_index == p)
-    best = idx[np.argmax(score[idx])]
-    if np.isfinite(score[best]):
-      out.append(int(best))
-  return out
+  return best_of.best_per_group(cands.prompt_index, np.where(correct, style, -np.inf))
 
 
 # ------------------------------------------------------------------------------ the tuned model

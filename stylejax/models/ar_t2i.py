@@ -43,7 +43,7 @@ import numpy as np
 from stylejax.models import ar
 from stylejax.nn import rope as rope_lib
 from stylejax.nn.resampler import PerceiverResampler
-from stylejax.sample import autoregressive as ar_sample
+from stylejax.sample import autoregressive as ar_sample, best_of as best_of_lib
 from stylejax.train import losses
 from stylejax.train.task import Task
 
@@ -635,6 +635,9 @@ class ARImagePipeline:
     return self.sample_rows(rows, keys, per_row(style_images, "style image"),
                             per_row(content_images, "content image"), structure, **overrides)
 
-  def generate(self, prompts: Sequence[str], num: int = 1, seed: int = 0, **kw: Any) -> np.ndarray:
-    """Images uint8 [len(prompts) * num, H, W, 3]; keyword arguments as in `generate_ids`."""
-    return self.task.image_tokenizer.decode(self.generate_ids(prompts, num, seed, **kw))
+  def generate(self, prompts: Sequence[str], num: int = 1, seed: int = 0, *, best_of: int = 1,
+               best_of_clip: Any = best_of_lib.DEFAULT_CLIP, **kw: Any) -> np.ndarray:
+    """Images uint8 [len(prompts) * num, H, W, 3]; each the best of `best_of` candidates by CLIP(image,
+    prompt) (`sample/best_of.py`); other keyword arguments as in `generate_ids`."""
+    draw = lambda p, k: self.task.image_tokenizer.decode(self.generate_ids(p, k, seed, **kw))
+    return best_of_lib.generate(draw, prompts, num, best_of, best_of_clip)

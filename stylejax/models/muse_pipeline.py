@@ -19,7 +19,7 @@ import numpy as np
 
 from stylejax.models.muse import MaskedTransformer, MuseTask, content_class
 from stylejax.models.parts import ImageTokenizer, TextEncoder
-from stylejax.sample import masked
+from stylejax.sample import best_of as best_of_lib, masked
 from stylejax.sample.parallel_decode import DecodeConfig
 
 MAX_PROMPT_CHARS = 1000
@@ -123,6 +123,9 @@ class MusePipeline:
                         uncond_mask=uncond_mask, content_adapters=content_adapters)
     return np.asarray(ids)
 
-  def generate(self, prompts: Sequence[str | int], num: int = 1, seed: int = 0, **kw: Any) -> np.ndarray:
-    """Images uint8 [len(prompts) * num, H, W, 3]; keyword arguments as in `generate_ids`."""
-    return self.tokenizer.decode(self.generate_ids(prompts, num, seed, **kw))
+  def generate(self, prompts: Sequence[str | int], num: int = 1, seed: int = 0, *, best_of: int = 1,
+               best_of_clip: Any = best_of_lib.DEFAULT_CLIP, **kw: Any) -> np.ndarray:
+    """Images uint8 [len(prompts) * num, H, W, 3]; each the best of `best_of` candidates by CLIP(image,
+    prompt) (`sample/best_of.py`); other keyword arguments as in `generate_ids`."""
+    draw = lambda p, k: self.tokenizer.decode(self.generate_ids(p, k, seed, **kw))
+    return best_of_lib.generate(draw, prompts, num, best_of, best_of_clip)

@@ -1,0 +1,76 @@
+"""Best of N: draw N candidates per wanted image and keep the one a CLIP scores closest to its prompt.
+
+DALL·E's CLIP re-ranking (Ramesh et al. 2021, §2.5) as a sampling setting of every pipeline (`best_of=N`);
+StyleDrop's round-2 feedback selects its training images the same way (§3.3, `methods/styledrop.select_clip`).
+The selecting CLIP is a model, not an evaluation scorer: on ShapeStyle it is the shipped tiny CLIP, while
+text_fidelity is judged by the separate content classifiers.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+DEFAULT_CLIP = "shapestyle:clip"
+
+
+class BestOfError(ValueError):
+  """A best-of-N request that cannot be served (bad N, prompts without text)."""
+
+
+def check(n: Any) -> int:
+  """`n` if it is a usable candidate count (a whole number >= 1), else a BestOfError."""
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+    raise BestOfError(f"best_of={n!r}: ask for a whole number >= 1 of candidates per image.")
+  return int(n)
+
+
+def _require_text(prompts: Sequence[Any]) -> None:
+  if not all(isinstance(p, str) for p in prompts):
+    raise BestOfError("best_of > 1 ranks candidates by CLIP(image, prompt text); class-id prompts have no text.")
+
+
+def best_per_group(group: np.ndarray, score: np.ndarray) -> list[int]:
+  """Index of the highest finite score within each group id (ascending ids); groups with none are skipped.
+
+  group, score: [N]."""
+  out = []
+  for g in np.unique(group):
+    idx = np.flatnonzero(group == g)
+    best = idx[np.argmax(score[idx])]
+    if np.isfinite(score[best]):
+      out.append(int(best))
+  return out
+
+
+def clip_text_scores(clip: Any, images: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+  """CLIP cosine of image i with text i: images [N, H, W, 3], texts [N] -> [N]. Each distinct text is
+  embedded once."""
+  unique, inverse = np.unique(np.asarray(list(texts), dtype=object), return_inverse=True)
+  return np.sum(clip.embed_images(images) * clip.embed_texts(list(unique))[inverse.reshape(-1)], -1)
+
+
+def select(images: np.ndarray, texts: Sequence[str], n: int, clip: Any = DEFAULT_CLIP) -> np.ndarray:
+  """Indices [N / n] of the best candidate of each consecutive run of `n` rows by CLIP(image, text).
+
+  images [N, H, W, 3] with N = G * n (rows g * n ... g * n + n - 1 are group g's candidates), texts [N];
+  `clip`: a `parts.ClipEmbedder` or a CLIP part spec (workdir / shipped name)."""
+  if check(n) == 1:
+    return np.arange(len(images))
+  _require_text(texts)
+  if not hasattr(clip, "embed_images"):
+    from stylejax.models.parts import load_clip_embedder
+    clip = load_clip_embedder(clip)
+  score = clip_text_scores(clip, images, texts).reshape(-1, n)
+  return np.arange(score.shape[0]) * n + score.argmax(-1)
+
+
+def generate(draw: Callable[[Sequence[Any], int], np.ndarray], prompts: Sequence[Any], num: int, n: int,
+             clip: Any = DEFAULT_CLIP) -> np.ndarray:
+  """`num` images per prompt, each the best of `n` candidates: images [len(prompts) * num, H, W, 3], prompt-major.
+
+  draw(prompts, k) -> images [len(prompts) * k, H, W, 3], prompt-major (a pipeline's `generate`)."""
+  if check(n) > 1:
+    _require_text(prompts)
+  images = draw(prompts, num * n)
+  return images if n == 1 else images[select(images, [p for p in prompts for _ in range(num * n)], n, clip)]
