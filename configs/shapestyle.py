@@ -232,8 +232,8 @@ MERGE_CODES = {"tokenizer": common.SHAPESTYLE_CODES}
 # hidden states 0-2, LPIPS-normalised, where no VGG can be downloaded): style_fidelity(recon) rose on named and
 # held-out styles, content level (launch/SHAPESTYLE_FINDINGS.md, stop 40); then 2000 more with a quarter of the
 # images in fresh held-out-family styles: held-out style up, named level (stop 41), and 1500 more of those on a
-# new data stream: held-out up again (stop 42). The build runs the stages in order, the first `init_from` the
-# merged export.
+# new data stream: held-out up again (stop 42); a fifth on another stream, with 25% or 50% fresh styles, was level
+# (stop 43) and is not part of it. The build runs the stages in order, the first `init_from` the merged export.
 _FROZEN_CODES = (
     f"--config.model.codebook_size={common.SHAPESTYLE_CODES}", "--config.model.decoder_extra_blocks=[0,1,2,4]",
     "--config.model.frozen_codes=True", '--config.optimizer.freeze=("^encoder/","^quantizer/")',
