@@ -50,6 +50,8 @@ def parser() -> argparse.ArgumentParser:
   ap.add_argument("--set", dest="config_set", action="append", default=[], metavar="KEY=VALUE",
                   type=config_lib.key_value, help="override the StyleDrop config's KEY for every style, e.g. "
                   "styledrop.candidates_per_prompt=16 (repeatable)")
+  ap.add_argument("--best-of", dest="best_of", type=int, default=1,
+                  help="N > 1 adds rows 'base best of N' and 'round2 best of N' (CLIP picks 1 of N per image)")
   ap.add_argument("--no-lora", dest="lora", action="store_false", help="skip the LoRA round-1 row")
   ap.add_argument("--out", default="/tmp/styledrop_eval")
   ap.add_argument("--md", default=os.path.join(ROOT, "launch", "STYLEDROP_EVAL.md"))
@@ -87,6 +89,9 @@ def main() -> None:
       tuned["lora"] = sd_lib.tune(args.base, reference, style.descriptor, content.caption, rounds=1, selection="clip",
                                   workdir=os.path.join(args.out, f"style{k}_lora"), config=args.lora_config)
       rows["round1 (LoRA)"] = tuned["lora"].generate
+    if args.best_of > 1:
+      rows[f"base best of {args.best_of}"] = lambda p, n, s: base.generate(p, n, s, best_of=args.best_of)
+      rows[f"round2 best of {args.best_of}"] = lambda p, n, s: sd.generate(p, n, s, best_of=args.best_of)
     for la in filter(None, args.lambda_a.split(",")):
       rows[f"round2 λA={la}"] = lambda p, n, s, la=float(la): sd.generate(p, n, s, style_guidance=la)
     for lb in filter(None, args.lambda_b.split(",")):

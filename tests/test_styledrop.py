@@ -173,6 +173,22 @@ def test_clip_selection_best_of_n_with_style_filter():
   assert styledrop.select_clip(cands, ref, FakeClip(), style_filter=True) == [1, 2]
 
 
+def test_best_of_draws_with_the_descriptor_and_ranks_by_the_prompt_as_given():
+  from _testutil import BrightnessClip
+  calls = []
+
+  class Pipe:  # candidate value = its row: the last of each 3 is the brightest
+    def generate(self, prompts, num, seed, **kw):
+      calls.append((list(prompts), num, seed, kw["lambda_a"]))
+      return np.arange(len(prompts) * num, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+  clip = BrightnessClip()
+  out = styledrop.StyleDrop(Pipe(), "sks").generate(["two red stars", "one blue circle"], 2, 7, style_guidance=2.0,
+                                                    best_of=3, best_of_clip=clip)
+  assert calls == [(["two red stars in sks style", "one blue circle in sks style"], 6, 7, 2.0)]
+  assert clip.texts == [["one blue circle", "two red stars"]]  # unique prompts, as the user wrote them
+  np.testing.assert_array_equal(out[:, 0, 0, 0], [2, 5, 8, 11])
+
+
 def test_token_ceiling_scores_the_renders_after_the_tokenizer(scorers):
   from stylejax.data import shapestyle as ss
   style = ss.heldout_style(0)

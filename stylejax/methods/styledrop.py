@@ -199,14 +199,17 @@ class StyleDrop:
 
     style_guidance = λA, content_guidance = λB (StyleDrop guidance); `content_style` = a second tuned
     model (e.g. DreamBooth-style content adapters) mixed with weight `gamma` ("my object in my style").
+    best_of=N: each image the best of N candidates by CLIP(image, the prompt as given) (`sample/best_of.py`).
     """
+    n, clip = overrides.pop("best_of", 1), overrides.pop("best_of_clip", best_of.DEFAULT_CLIP)
     kw = dict(lambda_a=style_guidance, lambda_b=content_guidance, mode=guidance, gamma=gamma, **overrides)
     content_adapters = None
     if content_style is not None:
       kw["mode"] = kw["mode"] or "mix"
       content_adapters = content_style.pipe.params["adapters"]
-    images = self.pipe.generate([with_descriptor(p, self.descriptor) for p in prompts], num, seed,
-                                content_adapters=content_adapters, **kw)
+    draw = lambda p, k: self.pipe.generate([with_descriptor(x, self.descriptor) for x in p], k, seed,
+                                           content_adapters=content_adapters, **kw)
+    images = best_of.generate(draw, list(prompts), num, n, clip)
     if pil:
       from PIL import Image
       return [Image.fromarray(x) for x in images]
