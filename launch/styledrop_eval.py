@@ -152,6 +152,8 @@ def command_flags(a: dict) -> str:
   if not a.get("lora", True):
     flags.append("--no-lora")
   flags += [f"--{k} '{a[k]}'" for k in ("lambda_a", "lambda_b") if a.get(k, default(k)) != default(k)]
+  if a.get("best_of", 1) > 1:
+    flags.append(f"--best-of {a['best_of']}")
   return " ".join(flags + [f"--set {k}={v}" for k, v in a.get("config_set", [])])
 
 
