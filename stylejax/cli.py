@@ -47,8 +47,8 @@ def _flag_values(command: str) -> flags.FlagValues:
       flags.DEFINE_string("style_image", None, "style reference image", flag_values=fv)
       flags.DEFINE_integer("style_code", None, "CoTyle style code", flag_values=fv)
       flags.DEFINE_integer("num", 1, "images per prompt", flag_values=fv)
-      flags.DEFINE_integer("best_of", 1, "draw N candidates per image and keep the shipped CLIP's pick (closest to "
-                           "the prompt)", flag_values=fv)
+      flags.DEFINE_integer("best_of", 1, "draw N candidates per image and keep the one the run's CLIP (its text "
+                           "encoder's) scores closest to the prompt", flag_values=fv)
       flags.DEFINE_string("negative_prompt", None, "negative prompt (text-conditioned models)", flag_values=fv)
       flags.DEFINE_integer("steps", None, "decode steps (default: the run's config.sample)", flag_values=fv)
       flags.DEFINE_float("guidance_scale", None, "CFG scale (default: the run's config.sample)", flag_values=fv)

@@ -45,3 +45,8 @@ def test_bad_candidate_counts_and_class_id_prompts_fail_before_any_sampling(bad)
 def test_best_per_group_skips_groups_without_a_finite_score():
   score = np.asarray([0.1, 0.5, -np.inf, -np.inf, 0.3])
   assert best_of.best_per_group(np.asarray([0, 0, 1, 1, 2]), score) == [1, 4]
+
+
+def test_a_run_without_a_clip_needs_one_named():
+  with pytest.raises(best_of.BestOfError, match="pass best_of_clip"):
+    best_of.generate(lambda p, k: 1 / 0, ["x"], 1, 2, None)

@@ -283,11 +283,13 @@ def test_cli_sample_passes_the_style_scale_to_two_scale_guidance(run, tmp_path, 
   Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(ref)
   common = [f"--workdir={workdir}", "--prompt=two red stars", f"--style_image={ref}", "--num=2", "--seed=3"]
   outs = {}
-  for name, extra in (("cfg", []), ("two_scale", ["--style_guidance=1.0"]), ("bad", ["--style_guidance=-1"])):
+  for name, extra in (("cfg", []), ("two_scale", ["--style_guidance=1.0"]), ("bad", ["--style_guidance=-1"]),
+                      ("best_of", ["--best_of=2"]), ("bad_best_of", ["--best_of=0"])):
     outs[name] = str(tmp_path / f"{name}.png")
     code = cli.main(["sample", *common, f"--out={outs[name]}", *extra])
-    assert code == (2 if name == "bad" else 0)
-  assert "style_scale" in capsys.readouterr().err  # the negative scale: one error line
+    assert code == (2 if name.startswith("bad") else 0)
+  err = capsys.readouterr().err
+  assert "style_scale" in err and "best_of=0" in err  # each bad flag: one error line
   assert not np.array_equal(np.asarray(Image.open(outs["cfg"])), np.asarray(Image.open(outs["two_scale"])))
 
 

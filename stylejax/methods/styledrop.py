@@ -199,9 +199,10 @@ class StyleDrop:
 
     style_guidance = λA, content_guidance = λB (StyleDrop guidance); `content_style` = a second tuned
     model (e.g. DreamBooth-style content adapters) mixed with weight `gamma` ("my object in my style").
-    best_of=N: each image the best of N candidates by CLIP(image, the prompt as given) (`sample/best_of.py`).
+    best_of=N: each image the best of N candidates by CLIP(image, the prompt as given) (`sample/best_of.py`; by
+    the base's text encoder's CLIP unless best_of_clip names one).
     """
-    n, clip = overrides.pop("best_of", 1), overrides.pop("best_of_clip", best_of.DEFAULT_CLIP)
+    n, clip = overrides.pop("best_of", 1), overrides.pop("best_of_clip", None) or self.pipe.config.get("text_encoder")
     kw = dict(lambda_a=style_guidance, lambda_b=content_guidance, mode=guidance, gamma=gamma, **overrides)
     content_adapters = None
     if content_style is not None:

@@ -2,17 +2,14 @@
 
 DALL·E's CLIP re-ranking (Ramesh et al. 2021, §2.5) as a sampling setting of every pipeline (`best_of=N`);
 StyleDrop's round-2 feedback selects its training images the same way (§3.3, `methods/styledrop.select_clip`).
-The selecting CLIP is a model, not an evaluation scorer: on ShapeStyle it is the shipped tiny CLIP, while
-text_fidelity is judged by the separate content classifiers.
+The selecting CLIP is a model, not an evaluation scorer: by default the run's own text encoder's CLIP (on
+ShapeStyle the shipped tiny CLIP), while text_fidelity is judged by the separate content classifiers.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
 import numpy as np
-
-DEFAULT_CLIP = "shapestyle:clip"
-
 
 class BestOfError(ValueError):
   """A best-of-N request that cannot be served (bad N, prompts without text)."""
@@ -25,9 +22,11 @@ def check(n: Any) -> int:
   return int(n)
 
 
-def _require_text(prompts: Sequence[Any]) -> None:
+def _require_text_and_clip(prompts: Sequence[Any], clip: Any) -> None:
   if not all(isinstance(p, str) for p in prompts):
     raise BestOfError("best_of > 1 ranks candidates by CLIP(image, prompt text); class-id prompts have no text.")
+  if clip is None or clip == "":
+    raise BestOfError("best_of ranks candidates with a CLIP and this run has no CLIP text encoder; pass best_of_clip.")
 
 
 def best_per_group(group: np.ndarray, score: np.ndarray) -> list[int]:
@@ -50,27 +49,30 @@ def clip_text_scores(clip: Any, images: np.ndarray, texts: Sequence[str]) -> np.
   return np.sum(clip.embed_images(images) * clip.embed_texts(list(unique))[inverse.reshape(-1)], -1)
 
 
-def select(images: np.ndarray, texts: Sequence[str], n: int, clip: Any = DEFAULT_CLIP) -> np.ndarray:
+def select(images: np.ndarray, texts: Sequence[str], n: int, clip: Any) -> np.ndarray:
   """Indices [N / n] of the best candidate of each consecutive run of `n` rows by CLIP(image, text).
 
   images [N, H, W, 3] with N = G * n (rows g * n ... g * n + n - 1 are group g's candidates), texts [N];
   `clip`: a `parts.ClipEmbedder` or a CLIP part spec (workdir / shipped name)."""
   if check(n) == 1:
     return np.arange(len(images))
-  _require_text(texts)
+  _require_text_and_clip(texts, clip)
   if not hasattr(clip, "embed_images"):
     from stylejax.models.parts import load_clip_embedder
-    clip = load_clip_embedder(clip)
+    try:
+      clip = load_clip_embedder(clip)
+    except ValueError as e:  # e.g. a T5 text encoder: nothing to score images with
+      raise BestOfError(f"best_of ranks candidates with a CLIP ({e}); pass best_of_clip=a CLIP run.") from e
   score = clip_text_scores(clip, images, texts).reshape(-1, n)
   return np.arange(score.shape[0]) * n + score.argmax(-1)
 
 
 def generate(draw: Callable[[Sequence[Any], int], np.ndarray], prompts: Sequence[Any], num: int, n: int,
-             clip: Any = DEFAULT_CLIP) -> np.ndarray:
+             clip: Any) -> np.ndarray:
   """`num` images per prompt, each the best of `n` candidates: images [len(prompts) * num, H, W, 3], prompt-major.
 
   draw(prompts, k) -> images [len(prompts) * k, H, W, 3], prompt-major (a pipeline's `generate`)."""
   if check(n) > 1:
-    _require_text(prompts)
+    _require_text_and_clip(prompts, clip)
   images = draw(prompts, num * n)
   return images if n == 1 else images[select(images, [p for p in prompts for _ in range(num * n)], n, clip)]
