@@ -2,10 +2,11 @@
 
   python launch/base_compare.py shapestyle:ar RUN [RUN ...] [--prompts 96] [--seeds 2]
   python launch/base_compare.py shapestyle:ar shapestyle:ar@temperature=0.7,top_k=10   # sampling settings
+  python launch/base_compare.py shapestyle:base shapestyle:base@best_of=4 --prompts 384 --seeds 1   # CLIP's pick of 4
 
 A run may carry sampling overrides after `@` (comma-separated key=value, the pipeline's `generate` keywords:
-AR `cfg_scale`, `temperature`, `top_k`, `top_p`; Muse `scale`, `num_steps`, `choice_temperature`, `ramp`, ...), so
-settings pair too.
+AR `cfg_scale`, `temperature`, `top_k`, `top_p`; Muse `scale`, `num_steps`, `choice_temperature`, `ramp`, ...; both
+`best_of`), so settings pair too.
 
 Every base draws one image per held-out prompt (`shapestyle_eval.heldout_prompts`: plain and named sets, the
 prompts `stylejax eval` uses) for each sampling seed, so n = prompts x seeds per set. Items pair by (prompt,

@@ -6,7 +6,8 @@
 
 Per held-out style k (never seen by the base): one reference render, 2 rounds with CLIP feedback,
 then base / round 1 / round 2 scored on content prompts whose shape differs from the reference's;
-λA and λB sweeps on round 2; adapters vs LoRA at round 1 (same steps). Per-image scores are pooled
+λA and λB sweeps on round 2; adapters vs LoRA at round 1 (same steps); with --best-of N, base and round 2 sampled
+best of N by CLIP (rerunning into an OUT that holds the tunings only samples and scores). Per-image scores are pooled
 over styles; "progress" = (tuned − base) / (ceiling − base) of style_fidelity, where the ceiling is the
 style encoder's score of true renders of the prompts in the reference's style, or of those renders
 encoded and decoded by the base's tokenizer (the most a token generator can reach).
