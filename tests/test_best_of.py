@@ -32,21 +32,23 @@ def test_generate_draws_n_per_image_and_returns_the_picks_prompt_major():
   np.testing.assert_array_equal(best_of.generate(draw, ["x"], num=2, n=1, clip=None)[:, 0, 0, 0], [0, 1])
 
 
+def _no_sampling(prompts, k):
+  raise AssertionError("sampled")
+
+
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "4"])
-def test_bad_candidate_counts_and_class_id_prompts_fail_before_any_sampling(bad):
-  def draw(prompts, k):
-    raise AssertionError("sampled")
+def test_bad_candidate_counts_fail_before_any_sampling(bad):
   with pytest.raises(best_of.BestOfError, match="whole number >= 1"):
-    best_of.generate(draw, ["x"], 1, bad, BrightnessClip())
+    best_of.generate(_no_sampling, ["x"], 1, bad, BrightnessClip())
+
+
+def test_class_id_prompts_and_a_run_without_a_clip_fail_before_any_sampling():
   with pytest.raises(best_of.BestOfError, match="class-id prompts"):
-    best_of.generate(draw, [17], 1, 2, BrightnessClip())
+    best_of.generate(_no_sampling, [17], 1, 2, BrightnessClip())
+  with pytest.raises(best_of.BestOfError, match="pass best_of_clip"):
+    best_of.generate(_no_sampling, ["x"], 1, 2, None)
 
 
 def test_best_per_group_skips_groups_without_a_finite_score():
   score = np.asarray([0.1, 0.5, -np.inf, -np.inf, 0.3])
   assert best_of.best_per_group(np.asarray([0, 0, 1, 1, 2]), score) == [1, 4]
-
-
-def test_a_run_without_a_clip_needs_one_named():
-  with pytest.raises(best_of.BestOfError, match="pass best_of_clip"):
-    best_of.generate(lambda p, k: 1 / 0, ["x"], 1, 2, None)
