@@ -11,8 +11,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+
 class BestOfError(ValueError):
-  """A best-of-N request that cannot be served (bad N, prompts without text)."""
+  """A best-of-N request that cannot be served (bad N, prompts without text, no CLIP to rank with)."""
 
 
 def check(n: Any) -> int:
