@@ -303,7 +303,7 @@ def test_compare_script_pairs_runs_and_sampling_settings_on_the_same_items(run, 
                        + protocol)
   same, two_scale = per_image[workdir + "@temperature=1.0"], per_image[workdir + "@style_scale=1.0"]
   assert len(same["text_fidelity"]) == 8 and len(per_image[workdir + "@best_of=2"]["text_fidelity"]) == 8
-  # best of 2 by the shipped CLIP: other images on the same items
+  # best of 2 by the run's own (text encoder's) CLIP: other images on the same items
   assert not np.array_equal(per_image[workdir + "@best_of=2"]["style_fidelity"], same["style_fidelity"])
   for k in mod.PAIRED:  # the default, spelled out: the same items, scored the same
     np.testing.assert_array_equal(same[k], per_image[workdir][k])
