@@ -49,6 +49,9 @@ def _flag_values(command: str) -> flags.FlagValues:
       flags.DEFINE_integer("num", 1, "images per prompt", flag_values=fv)
       flags.DEFINE_integer("best_of", 1, "draw N candidates per image and keep the one the run's CLIP (its text "
                            "encoder's) scores closest to the prompt", flag_values=fv)
+      flags.DEFINE_enum("best_of_rank", "cosine", ["cosine", "contrastive"], "how --best_of ranks: CLIP cosine to "
+                        "the prompt, or the CLIP's zero-shot probability of each content word against its swaps",
+                        flag_values=fv)
       flags.DEFINE_string("negative_prompt", None, "negative prompt (text-conditioned models)", flag_values=fv)
       flags.DEFINE_integer("steps", None, "decode steps (default: the run's config.sample)", flag_values=fv)
       flags.DEFINE_float("guidance_scale", None, "CFG scale (default: the run's config.sample)", flag_values=fv)
@@ -122,7 +125,8 @@ def _sample(fv) -> int:
     raise UsageError(f"--out {fv.out!r} must be a .png file.")
   from stylejax.eval import report
   from stylejax.methods import styledrop
-  kw = dict(num_steps=fv.steps, negative_prompt=fv.negative_prompt, scale=fv.guidance_scale, best_of=fv.best_of)
+  kw = dict(num_steps=fv.steps, negative_prompt=fv.negative_prompt, scale=fv.guidance_scale, best_of=fv.best_of,
+            best_of_rank=fv.best_of_rank)
   if styledrop.is_styledrop_workdir(fv.workdir):
     if fv.style_image or fv.style_code is not None:
       raise UsageError("a StyleDrop workdir carries its style; drop --style_image/--style_code.")
@@ -135,7 +139,8 @@ def _sample(fv) -> int:
       from stylejax.data.images import load_image
       style = load_image(fv.style_image, 64)
     images = stylear.generate(fv.workdir, [fv.prompt], style, num=fv.num, seed=fv.seed,
-                              cfg_scale=fv.guidance_scale, style_scale=fv.style_guidance, best_of=fv.best_of)
+                              cfg_scale=fv.guidance_scale, style_scale=fv.style_guidance, best_of=fv.best_of,
+                              best_of_rank=fv.best_of_rank)
   else:
     if fv.style_image or fv.style_code is not None:
       raise UsageError("--style_image/--style_code need a StyleAR or CoTyle workdir; this run samples from its "

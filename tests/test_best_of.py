@@ -52,3 +52,45 @@ def test_class_id_prompts_and_a_run_without_a_clip_fail_before_any_sampling():
 def test_best_per_group_skips_groups_without_a_finite_score():
   score = np.asarray([0.1, 0.5, -np.inf, -np.inf, 0.3])
   assert best_of.best_per_group(np.asarray([0, 0, 1, 1, 2]), score) == [1, 4]
+
+
+class _ShapeWordClip:
+  """A stand-in CLIP over ShapeStyle captions: text [star?, circle?, 1] and image vectors looked up by brightness."""
+  logit_scale = 10.0
+  IMAGES = {1: [1.0, 1.0, 1.0], 2: [1.0, 0.0, 0.0]}  # 1: as close to "star" as to "circle"; 2: only "star"
+
+  def embed_images(self, images):
+    v = np.asarray([self.IMAGES[int(x)] for x in np.asarray(images)[:, 0, 0, 0]])
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+  def embed_texts(self, texts):
+    v = np.asarray([[float("star" in t), float("circle" in t), 1.0] for t in texts])
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def test_contrastive_rank_prefers_the_candidate_that_tells_the_prompts_shape_from_the_others():
+  clip, images, texts = _ShapeWordClip(), _images([1, 2]), ["one red star in neon outline style"] * 2
+  # cosine: image 1 is nearer the prompt (2 / sqrt(6) = 0.816 vs 1 / sqrt(2) = 0.707) though just as near "circle"
+  assert best_of.select(images, texts, 2, clip).tolist() == [0]
+  assert best_of.select(images, texts, 2, clip, rank="contrastive").tolist() == [1]
+  # by hand, image 2: the shape word's 9 captions have logits 10 / sqrt(2) for "star" and 0 for the other 8; each
+  # color and count swap keeps "star", so those words' log-probabilities are -log 8 and -log 3 for any image
+  star = 10 / np.sqrt(2)
+  want = star - np.log(np.exp(star) + 8) - np.log(8) - np.log(3)
+  np.testing.assert_allclose(best_of.contrastive_scores(clip, images[1:], texts[:1]), [want], rtol=1e-6)
+
+
+def test_contrastive_rank_needs_captions_with_swappable_words_and_a_known_rank():
+  with pytest.raises(best_of.BestOfError, match="has none"):
+    best_of.generate(_no_sampling, ["a watercolor cat"], 1, 2, _ShapeWordClip(), rank="contrastive")
+  with pytest.raises(best_of.BestOfError, match="cosine, contrastive"):
+    best_of.generate(_no_sampling, ["one red star"], 1, 2, _ShapeWordClip(), rank="clip")
+
+
+def test_caption_swaps_vary_one_content_word_and_keep_the_style_phrase():
+  from stylejax.data import shapestyle as ss
+  (shapes, s), (colors, c), (counts, n) = ss.caption_swaps("Two red stars in neon outline style")
+  assert (len(shapes), len(colors), len(counts)) == (len(ss.SHAPES), len(ss.COLORS), ss.MAX_COUNT)
+  assert (shapes[s], colors[c], counts[n]) == ("two red stars in neon outline style",) * 3
+  assert shapes[0] == "two red circles in neon outline style" and counts[0] == "one red star in neon outline style"
+  assert ss.caption_swaps("a watercolor cat") is None

@@ -284,12 +284,14 @@ def test_cli_sample_passes_the_style_scale_to_two_scale_guidance(run, tmp_path, 
   common = [f"--workdir={workdir}", "--prompt=two red stars", f"--style_image={ref}", "--num=2", "--seed=3"]
   outs = {}
   for name, extra in (("cfg", []), ("two_scale", ["--style_guidance=1.0"]), ("bad", ["--style_guidance=-1"]),
-                      ("best_of", ["--best_of=2"]), ("bad_best_of", ["--best_of=0"])):
+                      ("best_of", ["--best_of=2"]), ("bad_best_of", ["--best_of=0"]),
+                      ("contrastive", ["--best_of=2", "--best_of_rank=contrastive"]),
+                      ("bad_rank", ["--best_of=2", "--best_of_rank=clip"])):
     outs[name] = str(tmp_path / f"{name}.png")
     code = cli.main(["sample", *common, f"--out={outs[name]}", *extra])
     assert code == (2 if name.startswith("bad") else 0)
   err = capsys.readouterr().err
-  assert "style_scale" in err and "best_of=0" in err  # each bad flag: one error line
+  assert "style_scale" in err and "best_of=0" in err and "best_of_rank" in err  # each bad flag: one error line
   assert not np.array_equal(np.asarray(Image.open(outs["cfg"])), np.asarray(Image.open(outs["two_scale"])))
 
 
@@ -299,12 +301,14 @@ def test_compare_script_pairs_runs_and_sampling_settings_on_the_same_items(run, 
   monkeypatch.setattr(scorers_lib, "scorers_from_workdirs", _random_scorers)
   mod = launch_module("stylear_compare")
   protocol = ["--num-styles", "2", "--prompts-per-style", "2", "--samples", "2"]
-  per_image = mod.main([workdir, workdir + "@temperature=1.0", workdir + "@style_scale=1.0", workdir + "@best_of=2"]
-                       + protocol)
+  contrastive = workdir + "@best_of=2,best_of_rank=contrastive"
+  per_image = mod.main([workdir, workdir + "@temperature=1.0", workdir + "@style_scale=1.0", workdir + "@best_of=2",
+                        contrastive] + protocol)
   same, two_scale = per_image[workdir + "@temperature=1.0"], per_image[workdir + "@style_scale=1.0"]
   assert len(same["text_fidelity"]) == 8 and len(per_image[workdir + "@best_of=2"]["text_fidelity"]) == 8
   # best of 2 by the run's own (text encoder's) CLIP: other images on the same items
   assert not np.array_equal(per_image[workdir + "@best_of=2"]["style_fidelity"], same["style_fidelity"])
+  assert len(per_image[contrastive]["text_fidelity"]) == 8
   for k in mod.PAIRED:  # the default, spelled out: the same items, scored the same
     np.testing.assert_array_equal(same[k], per_image[workdir][k])
   assert not np.array_equal(two_scale["style_fidelity"], same["style_fidelity"])  # an override reaches the sampler

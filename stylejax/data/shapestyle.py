@@ -615,6 +615,23 @@ def parse_caption(text: str) -> tuple[Content | None, str]:
   return Content(nouns.index(noun), COLORS.index(color_w), count), descriptor
 
 
+def caption_swaps(text: str) -> list[tuple[list[str], int]] | None:
+  """Per content word of a caption (shape, color, count), every caption that differs from it in that word alone,
+  the style phrase kept: [(captions, index of the text's own value)] * 3; None if `text` does not parse.
+
+  "two red stars in neon outline style" -> ([... "two red circles in neon outline style", ...], 3), ..."""
+  content, descriptor = parse_caption(text)
+  if content is None:
+    return None
+  tail = f" in {descriptor} style" if descriptor else ""
+  out = []
+  for slot, values in (("shape", range(len(SHAPES))), ("color", range(len(COLORS))),
+                       ("count", range(1, MAX_COUNT + 1))):
+    captions = [dataclasses.replace(content, **{slot: v}).caption + tail for v in values]
+    out.append((captions, list(values).index(getattr(content, slot))))
+  return out
+
+
 def _as_content(content: Content | tuple[int, int, int] | str) -> Content:
   if isinstance(content, Content):
     return content

@@ -289,12 +289,14 @@ def evaluate(workdir: str | ARImagePipeline, scorers: Any, num_styles: int = 10,
   instead ("... in {descriptor} style"). Metrics (overall): text_fidelity, style_fidelity,
   content_leakage and, with `clip`, clip_t (vs the content prompt) and clip_i (vs the reference),
   each {"mean", "ci95", "n"}. `overrides`: sampling settings as in `generate`, and best_of=N (each image the
-  best of N candidates by CLIP(image, prompt), `sample/best_of.py`; best_of_clip: its CLIP, default the run's). With `return_per_image`,
-  also the per-image scores ({name: [N]} in job order, NaN where a metric does not count): two runs
-  evaluated with the same arguments score the same items, so they can be compared paired.
+  best of N candidates by CLIP(image, prompt), `sample/best_of.py`; best_of_clip: its CLIP, default the run's;
+  best_of_rank: "cosine" or "contrastive"). With `return_per_image`, also the per-image scores ({name: [N]} in
+  job order, NaN where a metric does not count): two runs evaluated with the same arguments score the same items,
+  so they can be compared paired.
   """
   pipe = workdir if isinstance(workdir, ARImagePipeline) else load(workdir)
   n, clip_spec = best_of_lib.check(overrides.pop("best_of", 1)), overrides.pop("best_of_clip", None)
+  rank = best_of_lib.check_rank(overrides.pop("best_of_rank", "cosine"))
   size = pipe.image_size
   styles = [ss.heldout_style(k) for k in range(num_styles)]
   protocol = M.evaluation_protocol(styles, range(prompts_per_style), samples, seed)
@@ -323,7 +325,7 @@ def evaluate(workdir: str | ARImagePipeline, scorers: Any, num_styles: int = 10,
   ids = _batched(pipe, row_texts, _seed_keys(seeds, n), each(style_images), each(content_images), each(structure),
                  batch_size, **overrides)
   images = pipe.task.image_tokenizer.decode(ids)
-  images = images[best_of_lib.select(images, row_texts, n, clip_spec or pipe.config.get("text_encoder"))]
+  images = images[best_of_lib.select(images, row_texts, n, clip_spec or pipe.config.get("text_encoder"), rank)]
 
   scores = sample_scores(scorers, images, contents, np.stack(refs)[si], [ref_contents[i].shape for i in si])
   per_image = {"text_fidelity": scores["text"], "style_fidelity": scores["style"], "content_leakage": scores["leakage"]}

@@ -200,9 +200,10 @@ class StyleDrop:
     style_guidance = λA, content_guidance = λB (StyleDrop guidance); `content_style` = a second tuned
     model (e.g. DreamBooth-style content adapters) mixed with weight `gamma` ("my object in my style").
     best_of=N: each image the best of N candidates by CLIP(image, the prompt as given) (`sample/best_of.py`; by
-    the base's text encoder's CLIP unless best_of_clip names one).
+    the base's text encoder's CLIP unless best_of_clip names one; best_of_rank "cosine" or "contrastive").
     """
     n, clip = overrides.pop("best_of", 1), overrides.pop("best_of_clip", None) or self.pipe.config.get("text_encoder")
+    rank = overrides.pop("best_of_rank", "cosine")
     kw = dict(lambda_a=style_guidance, lambda_b=content_guidance, mode=guidance, gamma=gamma, **overrides)
     content_adapters = None
     if content_style is not None:
@@ -210,7 +211,7 @@ class StyleDrop:
       content_adapters = content_style.pipe.params["adapters"]
     draw = lambda p, k: self.pipe.generate([with_descriptor(x, self.descriptor) for x in p], k, seed,
                                            content_adapters=content_adapters, **kw)
-    images = best_of.generate(draw, list(prompts), num, n, clip)
+    images = best_of.generate(draw, list(prompts), num, n, clip, rank)
     if pil:
       from PIL import Image
       return [Image.fromarray(x) for x in images]
@@ -518,7 +519,7 @@ def demo(out: str = "stylejax_demo", base: str = "shapestyle:base", style_image:
   curves = {f"round{k} loss": report.read_curve(os.path.join(sd.workdir, f"round{k}", "metrics.jsonl"))
             for k in (1, 2)}
   report.write_report(os.path.join(out, "report.html"), f"StyleDrop demo: {sd.descriptor}", grid_path, metrics,
-                      curves, notes=[f"grid rows: reference + base, round 1, round 2; columns: content prompts "
-                                     f"(descriptor appended)", f"wall time {seconds:.0f} s"])
+                      curves, notes=["grid rows: reference + base, round 1, round 2; columns: content prompts "
+                                     "(descriptor appended)", f"wall time {seconds:.0f} s"])
   say(f"[demo] wrote {grid_path}, metrics.json, report.html in {seconds:.0f} s")
   return result

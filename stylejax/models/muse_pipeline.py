@@ -124,9 +124,11 @@ class MusePipeline:
     return np.asarray(ids)
 
   def generate(self, prompts: Sequence[str | int], num: int = 1, seed: int = 0, *, best_of: int = 1,
-               best_of_clip: Any = None, **kw: Any) -> np.ndarray:
+               best_of_clip: Any = None, best_of_rank: str = "cosine", **kw: Any) -> np.ndarray:
     """Images uint8 [len(prompts) * num, H, W, 3]; each the best of `best_of` candidates by CLIP(image,
-    prompt) (`sample/best_of.py`; best_of_clip: a CLIP run or embedder, default the run's text encoder's);
+    prompt) (`sample/best_of.py`; best_of_clip: a CLIP run or embedder, default the run's text encoder's;
+    best_of_rank: "cosine" or "contrastive");
     other keyword arguments as in `generate_ids`."""
     draw = lambda p, k: self.tokenizer.decode(self.generate_ids(p, k, seed, **kw))
-    return best_of_lib.generate(draw, prompts, num, best_of, best_of_clip or self.config.get("text_encoder"))
+    return best_of_lib.generate(draw, prompts, num, best_of, best_of_clip or self.config.get("text_encoder"),
+                                best_of_rank)
