@@ -5,7 +5,6 @@ repetition penalty + bias inside the loop."""
 import functools
 import re
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,6 +1,5 @@
 """launch/bench_ar.py smoke test on a minuscule model (no timings asserted): the table is written,
 greedy parity holds, and a greedy mismatch aborts instead of timing different computations."""
-import numpy as np
 import pytest
 
 from _testutil import launch_module

@@ -10,7 +10,6 @@ import pytest
 from _testutil import random_params
 from stylejax.models import muse
 from stylejax.nn.adapters import AdapterConfig
-from stylejax.sample import guidance as gd
 from stylejax.sample import masked
 from stylejax.sample.parallel_decode import DecodeConfig
 

@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 
 from stylejax import config as config_lib
-from stylejax.models import muse
 from stylejax.models.muse_pipeline import MusePipeline, PipelineError
 from stylejax.train import trainer
 from stylejax.train.task import load_task
