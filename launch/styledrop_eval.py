@@ -53,6 +53,8 @@ def parser() -> argparse.ArgumentParser:
                   "styledrop.candidates_per_prompt=16 (repeatable)")
   ap.add_argument("--best-of", dest="best_of", type=int, default=1,
                   help="N > 1 adds rows 'base best of N' and 'round2 best of N' (CLIP picks 1 of N per image)")
+  ap.add_argument("--best-of-rank", dest="best_of_rank", default="cosine", choices=("cosine", "contrastive"),
+                  help="how those rows rank their candidates (sample/best_of.py)")
   ap.add_argument("--no-lora", dest="lora", action="store_false", help="skip the LoRA round-1 row")
   ap.add_argument("--out", default="/tmp/styledrop_eval")
   ap.add_argument("--md", default=os.path.join(ROOT, "launch", "STYLEDROP_EVAL.md"))
@@ -91,8 +93,10 @@ def main() -> None:
                                   workdir=os.path.join(args.out, f"style{k}_lora"), config=args.lora_config)
       rows["round1 (LoRA)"] = tuned["lora"].generate
     if args.best_of > 1:
-      rows[f"base best of {args.best_of}"] = lambda p, n, s: base.generate(p, n, s, best_of=args.best_of)
-      rows[f"round2 best of {args.best_of}"] = lambda p, n, s: sd.generate(p, n, s, best_of=args.best_of)
+      pick = dict(best_of=args.best_of, best_of_rank=args.best_of_rank)
+      by = f"best of {args.best_of}" + (f" ({args.best_of_rank})" if args.best_of_rank != "cosine" else "")
+      rows[f"base {by}"] = lambda p, n, s: base.generate(p, n, s, **pick)
+      rows[f"round2 {by}"] = lambda p, n, s: sd.generate(p, n, s, **pick)
     for la in filter(None, args.lambda_a.split(",")):
       rows[f"round2 λA={la}"] = lambda p, n, s, la=float(la): sd.generate(p, n, s, style_guidance=la)
     for lb in filter(None, args.lambda_b.split(",")):
@@ -155,6 +159,8 @@ def command_flags(a: dict) -> str:
   flags += [f"--{k} '{a[k]}'" for k in ("lambda_a", "lambda_b") if a.get(k, default(k)) != default(k)]
   if a.get("best_of", 1) > 1:
     flags.append(f"--best-of {a['best_of']}")
+  if a.get("best_of_rank", "cosine") != "cosine":
+    flags.append(f"--best-of-rank {a['best_of_rank']}")
   return " ".join(flags + [f"--set {k}={v}" for k, v in a.get("config_set", [])])
 
 
