@@ -167,6 +167,19 @@ def test_base_compare_names_a_bad_run_in_one_line(tmp_path, monkeypatch):
       main()
 
 
+def test_best_of_headroom_never_picks_above_the_oracle_and_agrees_at_one_candidate(tmp_path):
+  main = launch_module("best_of_headroom").main
+  out = main(["shapestyle:ar", "--prompts", "3", "--candidates", "4"])
+  for name in ("plain", "named"):
+    rows = out[name]
+    assert rows["N"] == [1, 2, 4]
+    assert rows["cosine"][0] == rows["contrastive"][0] == rows["oracle"][0]  # one candidate: every ranker keeps it
+    assert all(a <= b for a, b in zip(rows["oracle"], rows["oracle"][1:]))  # more candidates, more chances
+    assert all(max(c, k) <= o for c, k, o in zip(rows["cosine"], rows["contrastive"], rows["oracle"]))
+  with pytest.raises(SystemExit, match="^error: .*has no config.json"):
+    main([str(tmp_path)])
+
+
 def test_base_compare_parses_sampling_overrides_per_run():
   base_compare = launch_module("base_compare")
   assert base_compare.parse_run("shapestyle:ar") == ("shapestyle:ar", {})
