@@ -78,10 +78,10 @@ def contrastive_scores(clip: Any, images: np.ndarray, texts: Sequence[str],
 
   alternatives(text) -> [(captions, index of the text's own)] per word, None if it has none (default: ShapeStyle's
   `caption_swaps`)."""
-  img = clip.embed_images(images)
+  img, texts = clip.embed_images(images), np.asarray(list(texts), dtype=object)
   out = np.zeros(len(texts))
   for text in dict.fromkeys(texts):
-    rows = np.flatnonzero(np.asarray(texts, dtype=object) == text)
+    rows = np.flatnonzero(texts == text)
     for captions, own in _swaps(text, alternatives):
       logits = clip.logit_scale * img[rows] @ clip.embed_texts(captions).T  # [rows, A]
       top = logits.max(-1, keepdims=True)
@@ -90,6 +90,7 @@ def contrastive_scores(clip: Any, images: np.ndarray, texts: Sequence[str],
 
 
 def check_rank(rank: Any) -> str:
+  """`rank` if it names a ranking in RANKS, else a BestOfError."""
   if rank not in RANKS:
     raise BestOfError(f"best_of_rank={rank!r}: rank candidates by one of {', '.join(RANKS)}.")
   return rank
