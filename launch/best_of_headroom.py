@@ -3,7 +3,7 @@
   python launch/best_of_headroom.py shapestyle:ar --prompts 384 --candidates 16
 
 Each held-out prompt (`shapestyle_eval.heldout_prompts`, plain and named sets) gets `--candidates` samples once;
-for N = 1, 2, 4, ... the first N of them are ranked by CLIP cosine and by the contrastive ranking
+for N = 1, 2, 4, ... and --candidates the first N of them are ranked by CLIP cosine and by the contrastive ranking
 (`sample/best_of.py`), and text_fidelity of the pick is printed beside the oracle's: the rate at which at least one
 of the N candidates is right (the content classifiers' verdict; a perfect ranker's score). Candidates are drawn as
 `best_of=N` draws them (prompt-major, seed 0), so the pick at N = --candidates is `@best_of=N`'s in
@@ -51,15 +51,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
               "contrastive": best_of.contrastive_scores(clip, images, texts).reshape(-1, k)}
     rows = np.arange(len(prompts))
     out[name] = {"N": [], "oracle": [], **{r: [] for r in scores}}
-    n = 1
-    while n <= k:
+    for n in sorted({2 ** i for i in range(k.bit_length()) if 2 ** i <= k} | {k}):  # 1, 2, 4, ..., and k itself
       out[name]["N"].append(n)
       out[name]["oracle"].append(float(right[:, :n].any(1).mean()))
       for r, s in scores.items():
         out[name][r].append(float(right[rows, s[:, :n].argmax(1)].mean()))
       print(f"{args.run} {name} N={n}: " + ", ".join(f"{r} {out[name][r][-1]:.3f}" for r in (*scores, "oracle"))
             + f" (n = {len(prompts)})", flush=True)
-      n *= 2
   return out
 
 

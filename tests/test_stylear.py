@@ -301,6 +301,10 @@ def test_compare_script_pairs_runs_and_sampling_settings_on_the_same_items(run, 
   monkeypatch.setattr(scorers_lib, "scorers_from_workdirs", _random_scorers)
   mod = launch_module("stylear_compare")
   protocol = ["--num-styles", "2", "--prompts-per-style", "2", "--samples", "2"]
+  from stylejax.sample import best_of
+  ranked = []  # the contrastive setting must reach the ranking, not just be accepted
+  monkeypatch.setattr(best_of, "contrastive_scores",
+                      lambda clip, images, texts, *a: ranked.append(len(texts)) or np.zeros(len(texts)))
   contrastive = workdir + "@best_of=2,best_of_rank=contrastive"
   per_image = mod.main([workdir, workdir + "@temperature=1.0", workdir + "@style_scale=1.0", workdir + "@best_of=2",
                         contrastive] + protocol)
@@ -308,7 +312,7 @@ def test_compare_script_pairs_runs_and_sampling_settings_on_the_same_items(run, 
   assert len(same["text_fidelity"]) == 8 and len(per_image[workdir + "@best_of=2"]["text_fidelity"]) == 8
   # best of 2 by the run's own (text encoder's) CLIP: other images on the same items
   assert not np.array_equal(per_image[workdir + "@best_of=2"]["style_fidelity"], same["style_fidelity"])
-  assert len(per_image[contrastive]["text_fidelity"]) == 8
+  assert len(per_image[contrastive]["text_fidelity"]) == 8 and ranked == [16]  # 8 items x 2 candidates, ranked once
   for k in mod.PAIRED:  # the default, spelled out: the same items, scored the same
     np.testing.assert_array_equal(same[k], per_image[workdir][k])
   assert not np.array_equal(two_scale["style_fidelity"], same["style_fidelity"])  # an override reaches the sampler
