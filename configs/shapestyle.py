@@ -78,7 +78,10 @@ def _clip(c: ml_collections.ConfigDict, runlocal: bool) -> None:
       # NegCLIP shape-swapped captions: without them zero-shot shape accuracy stayed at 0.22-0.34 after
       # 2000 steps (in-batch negatives nearly always differ in color or count already).
       hard_negatives=1,  # shape-swapped captions per image (0 to 8)
-      random_style_fraction=0.0))  # images in fresh held-out-family styles, content-captioned
+      random_style_fraction=0.0,  # images in fresh held-out-family styles, content-captioned
+      # images replaced by this frozen tokenizer's reconstructions (CLIPTask.prepare_batch; the ranker part)
+      reconstruct_fraction=0.0,
+      reconstruct_tokenizer=ml_collections.ConfigDict(dict(workdir="shapestyle:tokenizer", config=""))))
   # Measured ~3 steps/s (batch 64, one CPU device, 2 idle cores): 2000 steps in ~11 min idle. In-batch
   # retrieval (chance 1/64) reached ~0.6 by step 300 in a trial run.
   c.total_steps = 2000
