@@ -6,7 +6,6 @@
   stylejax train --config configs/shapestyle.py:style --workdir /tmp/ss_style          # style encoder (scorer)
   stylejax train --config configs/shapestyle.py:base --workdir /tmp/ss_base            # text-to-image Muse
   stylejax train --config configs/shapestyle.py:ar --workdir /tmp/ss_ar                # text-to-image AR
-  stylejax train --config configs/shapestyle.py:ranker --workdir /tmp/ss_ranker        # best-of-N CLIP (not shipped)
   python launch/build_shapestyle.py      # all of them in order, exported as package data + measured
   stylejax train --config configs/shapestyle.py:clip,runlocal --workdir /tmp/s         # any part: seconds, 32x32
 
@@ -20,8 +19,6 @@ Parts:
     `scorers_from_workdirs` + `save_scorers`.
   * `base`: the text-to-image Muse base (configs/muse.py sized for a CPU) on the shipped tokenizer + CLIP.
   * `ar`: the text-to-image AR base (configs/ar.py) StyleAR tunes, on the same parts.
-  * `ranker`: not shipped; the shipped CLIP continued on the shipped tokenizer's reconstructions, to rank
-    best-of-N samples (`best_of_clip=WORKDIR`).
 
 Each part is sized for a 2-core CPU (speeds measured with `stylejax train` on one CPU device are noted per
 part): 25-50 minutes each, except the shipped tokenizer, which is this `tokenizer` command followed by two
@@ -81,10 +78,7 @@ def _clip(c: ml_collections.ConfigDict, runlocal: bool) -> None:
       # NegCLIP shape-swapped captions: without them zero-shot shape accuracy stayed at 0.22-0.34 after
       # 2000 steps (in-batch negatives nearly always differ in color or count already).
       hard_negatives=1,  # shape-swapped captions per image (0 to 8)
-      random_style_fraction=0.0,  # images in fresh held-out-family styles, content-captioned
-      # images replaced by this frozen tokenizer's reconstructions (CLIPTask.prepare_batch; the ranker part)
-      reconstruct_fraction=0.0,
-      reconstruct_tokenizer=ml_collections.ConfigDict(dict(workdir="shapestyle:tokenizer", config=""))))
+      random_style_fraction=0.0))  # images in fresh held-out-family styles, content-captioned
   # Measured ~3 steps/s (batch 64, one CPU device, 2 idle cores): 2000 steps in ~11 min idle. In-batch
   # retrieval (chance 1/64) reached ~0.6 by step 300 in a trial run.
   c.total_steps = 2000
@@ -97,23 +91,6 @@ def _clip(c: ml_collections.ConfigDict, runlocal: bool) -> None:
   if runlocal:
     c.model.update(hidden=32, layers=1, heads=2, image_size=32, patch_size=8, projection_dim=16)
     c.data.update(image_size=32, num_examples=256)
-
-
-def _ranker(c: ml_collections.ConfigDict, runlocal: bool) -> None:
-  """The shipped CLIP, continued with half of each batch replaced by the shipped tokenizer's reconstructions
-  (what every generator's decoder draws) and half in fresh held-out-family styles, text tower frozen: a CLIP
-  for ranking best-of-N samples (`best_of_clip=WORKDIR`), kept apart from the shipped CLIP whose zero-shot,
-  CLIP-T and CLIP-I figures the README reports."""
-  _clip(c, runlocal)
-  c.data.update(random_style_fraction=0.5, reconstruct_fraction=0.5, seed=40)
-  if runlocal:
-    c.data.reconstruct_tokenizer = common.shapestyle_parts(runlocal)[0]
-    return
-  c.model.conv_stem = [32, 64, 128]  # the shipped CLIP's architecture (STAGES["clip"])
-  c.init_from.workdir = "shapestyle:clip"
-  c.optimizer.update(lr=2.5e-4, warmup_steps=100, freeze=("^text_model",))
-  c.total_steps = 2000
-  c.checkpoint.every = 500
 
 
 def _scorer(c: ml_collections.ConfigDict, runlocal: bool, part: str) -> None:
@@ -278,7 +255,6 @@ DECODER_STAGES = {"tokenizer": (
 _PARTS = {
     "tokenizer": _tokenizer,
     "clip": _clip,
-    "ranker": _ranker,
     "content": lambda c, runlocal: _scorer(c, runlocal, "content"),
     "style": lambda c, runlocal: _scorer(c, runlocal, "style"),
     "base": _base,

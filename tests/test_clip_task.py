@@ -187,24 +187,6 @@ def test_clip_task_trains_sharded_under_the_trainer(tmp_path):
   assert feats.shape == (2, config.model.projection_dim) and np.isfinite(np.asarray(feats)).all()
 
 
-def test_ranker_part_swaps_the_first_rows_for_tokenizer_round_trips():
-  """configs/shapestyle.py:ranker's data: round(f * B) images become decode(encode(image)) through the named
-  tokenizer (at runlocal a random-init one at 32x32), the rest and every caption stay; f = 0 leaves the batch."""
-  from stylejax.models.parts import load_image_tokenizer
-  config = config_lib.load_config(os.path.join(REPO, "configs/shapestyle.py:ranker,runlocal"))
-  assert config.data.reconstruct_fraction == 0.5
-  task = clip_task.CLIPTask(config)
-  source = task.source()
-  batch = {k: np.stack([source[i][k] for i in range(6)]) for k in ("image", "ids", "mask")}
-  out = task.prepare_batch(batch)
-  tokenizer = load_image_tokenizer(config.data.reconstruct_tokenizer)
-  np.testing.assert_array_equal(out["image"][:3], tokenizer.decode(tokenizer.encode(batch["image"][:3])))
-  np.testing.assert_array_equal(out["image"][3:], batch["image"][3:])
-  assert not np.array_equal(out["image"][:3], batch["image"][:3])
-  np.testing.assert_array_equal(out["ids"], batch["ids"])
-  assert clip_task.CLIPTask(clip_config()).prepare_batch(batch) is batch
-
-
 def test_shape_probe_separates_what_the_features_encode():
   mod = launch_module("clip_shape_probe")
   rng = np.random.default_rng(0)

@@ -218,9 +218,7 @@ class CLIPTask(Task):
     content_caption_fraction, hard_negatives (NegCLIP: this many shape-swapped captions per image, 0 to
     len(SHAPES) - 1, each a negative for every image in the batch; True = 1; default 0),
     random_style_fraction (this share of images in fresh held-out-family styles, content captions;
-    default 0), reconstruct_fraction (this share of each batch's images replaced by their round trip through
-    the frozen VQ tokenizer `reconstruct_tokenizer`, a part spec {workdir, config}: a CLIP that reads what the
-    generators' decoder draws, for ranking their samples; default 0).
+    default 0).
   Logged: loss, retrieval_i2t_top1 / retrieval_t2i_top1 (in-batch top-1, a hit when the retrieved
   caption equals the true one), logit_scale.
   """
@@ -234,18 +232,6 @@ class CLIPTask(Task):
 
   def init(self, rng: jax.Array):
     return clip.init_params(self.model, rng)
-
-  def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
-    """With data.reconstruct_fraction f > 0, images [B, S, S, 3]: the first round(f * B) rows (the loader
-    shuffles) become the frozen tokenizer's reconstructions, decode(encode(image)), captions unchanged."""
-    k = round(float(self.config.data.get("reconstruct_fraction", 0.0)) * len(batch["image"]))
-    if k == 0:
-      return batch
-    from stylejax.models.parts import load_image_tokenizer
-    tokenizer = load_image_tokenizer(self.config.data.reconstruct_tokenizer)
-    image = np.array(batch["image"])
-    image[:k] = tokenizer.decode(tokenizer.encode(image[:k]))
-    return {**batch, "image": image}
 
   def loss(self, params, batch, rng):
     pixels = clip.preprocess_images(to_unit_range(batch["image"]), self.clip_config.vision.image_size)
