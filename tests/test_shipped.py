@@ -97,6 +97,13 @@ def test_merged_tokenizer_exports_and_tokenizes(assets, tmp_path):
   tok = ImageTokenizer(load_task(config), params)
   ids = tok.encode(np.zeros((2, 32, 32, 3), np.uint8))
   assert ids.shape == (2, 16) and ids.max() < 4 and tok.decode(ids).shape == (2, 32, 32, 3)
+  # in slices of batch_size rows (bounded memory for best-of-N's thousands of candidates), the same result up to
+  # XLA's batch-size-dependent float rounding (a pixel may land one level off)
+  images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+  ids = tok.encode(images)
+  np.testing.assert_array_equal(tok.encode(images, batch_size=2), ids)
+  np.testing.assert_allclose(tok.decode(ids, batch_size=2).astype(int), tok.decode(ids).astype(int), atol=1, rtol=0)
+  assert len(set(map(tuple, ids))) > 1  # distinct rows, so a slice mix-up would show
   assert shipped.info("shapestyle:tokenizer", str(tmp_path))["merged_from"] == runs["tokenizer"]
 
 

@@ -22,6 +22,14 @@ def _part_spec(spec: Any) -> dict[str, str]:
   return {"workdir": d.get("workdir", "") or "", "config": d.get("config", "") or ""}
 
 
+def in_chunks(fn: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
+  """fn over x [N, ...] in slices of at most `batch_size` rows, concatenated: a jitted part's activations
+  grow with its batch (a 64x64 decoder on 12k best-of-N candidates at once needs > 24 GB)."""
+  if len(x) <= batch_size:
+    return np.asarray(fn(x))
+  return np.concatenate([np.asarray(fn(x[i:i + batch_size])) for i in range(0, len(x), batch_size)], 0)
+
+
 class ImageTokenizer:
   """VQ tokenizer: images [B, H, W, 3] (uint8 or float in [0, 1]) <-> flat ids [B, h*w]."""
 
@@ -40,21 +48,21 @@ class ImageTokenizer:
   def seq_len(self) -> int:
     return self.grid * self.grid
 
-  def encode(self, images: np.ndarray) -> np.ndarray:
-    """images [B, S, S, 3] -> ids [B, L] int32 (L = (S / f)^2, row-major)."""
+  def encode(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """images [B, S, S, 3] -> ids [B, L] int32 (L = (S / f)^2, row-major), `batch_size` images per call."""
     images = np.asarray(images)
     if images.dtype == np.uint8:
       images = images.astype(np.float32) / 255.0
     if images.shape[1:] != (self.image_size, self.image_size, 3):
       raise ValueError(f"the tokenizer takes images [B, {self.image_size}, {self.image_size}, 3], "
                        f"got {images.shape}.")
-    ids = self._encode(self.params, jnp.asarray(images, jnp.float32))
+    ids = in_chunks(lambda x: self._encode(self.params, jnp.asarray(x, jnp.float32)), images, batch_size)
     return np.asarray(ids, np.int32).reshape(images.shape[0], -1)
 
-  def decode(self, ids: np.ndarray) -> np.ndarray:
-    """ids [B, L] -> images [B, S, S, 3] uint8."""
+  def decode(self, ids: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """ids [B, L] -> images [B, S, S, 3] uint8, `batch_size` images per call."""
     ids = np.asarray(ids, np.int32).reshape(-1, self.grid, self.grid)
-    images = np.asarray(self._decode(self.params, jnp.asarray(ids)))
+    images = in_chunks(lambda x: self._decode(self.params, jnp.asarray(x)), ids, batch_size)
     return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
@@ -134,9 +142,7 @@ class ClipEmbedder:
     self.logit_scale = float(np.exp(np.asarray(params["logit_scale"])))
 
   def embed_images(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    images = np.asarray(images)
-    return np.concatenate([np.asarray(self._images(self.params, images[i:i + batch_size]))
-                           for i in range(0, len(images), batch_size)], 0)
+    return in_chunks(lambda x: self._images(self.params, x), np.asarray(images), batch_size)
 
   def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
     ids, mask = self.tokenizer.encode(list(texts))
