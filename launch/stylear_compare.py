@@ -8,7 +8,8 @@ after `@` (comma-separated key=value; `ARImagePipeline.generate` keywords: cfg_s
 temperature, top_k, top_p, best_of, ...). Every spec is scored with `stylear.evaluate` on the same protocol (held-out
 styles x prompts of another shape x samples, seed), so the items pair: text_fidelity and content_leakage by
 gained / lost items and McNemar's exact p, style_fidelity by the mean per-image difference; each with the
-difference's 95% CI clustered by (reference, prompt), as `launch/stylear_ablations.py` reports.
+difference's 95% CI clustered by (reference, prompt), as `launch/stylear_ablations.py` reports. A best_of > 1 spec
+also prints text_fidelity_oracle: the rate at which any of its N candidates is right (what a perfect ranking scores).
 """
 import argparse
 import os
@@ -47,7 +48,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                                                   **overrides)
     except (ShippedError, TrainError, ar_t2i.PipelineError, BestOfError) as e:
       sys.exit(f"error: {spec}: {e}")
+    oracle = metrics.get("text_fidelity_oracle")  # best_of > 1: any of the N candidates right
     print(f"{spec}: " + ", ".join(f"{k} {fmt_metric(metrics[k])}" for k in PAIRED) +
+          (f", text_fidelity_oracle {fmt_metric(oracle)}" if oracle else "") +
           f" (n = {metrics['text_fidelity']['n']})", flush=True)
   ref = args.runs[0]
   for spec in args.runs[1:]:

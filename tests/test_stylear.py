@@ -306,6 +306,9 @@ def test_compare_script_pairs_runs_and_sampling_settings_on_the_same_items(run, 
   monkeypatch.setattr(best_of, "contrastive_scores",
                       lambda clip, images, texts, *a: ranked.append(len(texts)) or np.zeros(len(texts)))
   contrastive = workdir + "@best_of=2,best_of_rank=contrastive"
+  scores = stylear.sample_scores  # text: a bit of each image's pixels, so candidates differ in rightness
+  monkeypatch.setattr(stylear, "sample_scores", lambda sc, images, *a: {
+      **scores(sc, images, *a), "text": (images[:, 0, 0, 0] % 2 == 0).astype(np.float64)})
   per_image = mod.main([workdir, workdir + "@temperature=1.0", workdir + "@style_scale=1.0", workdir + "@best_of=2",
                         contrastive] + protocol)
   same, two_scale = per_image[workdir + "@temperature=1.0"], per_image[workdir + "@style_scale=1.0"]
@@ -313,11 +316,17 @@ def test_compare_script_pairs_runs_and_sampling_settings_on_the_same_items(run, 
   # best of 2 by the run's own (text encoder's) CLIP: other images on the same items
   assert not np.array_equal(per_image[workdir + "@best_of=2"]["style_fidelity"], same["style_fidelity"])
   assert len(per_image[contrastive]["text_fidelity"]) == 8 and ranked == [16]  # 8 items x 2 candidates, ranked once
+  # the oracle (any candidate right) bounds the pick and the first candidate (the plain sampler's image)
+  best2 = per_image[workdir + "@best_of=2"]
+  oracle = best2["text_fidelity_oracle"]
+  assert (oracle >= best2["text_fidelity"]).all() and (oracle >= same["text_fidelity"]).all()
+  assert "text_fidelity_oracle" not in same
   for k in mod.PAIRED:  # the default, spelled out: the same items, scored the same
     np.testing.assert_array_equal(same[k], per_image[workdir][k])
   assert not np.array_equal(two_scale["style_fidelity"], same["style_fidelity"])  # an override reaches the sampler
   out = capsys.readouterr().out
   assert f"{workdir}@style_scale=1.0 vs {workdir} text_fidelity: " in out and "McNemar p" in out
+  assert f"text_fidelity_oracle {oracle.mean():.3f}" in out
   assert f"{workdir}@temperature=1.0 vs {workdir} style_fidelity: " in out and "(difference 0.000" in out
   with pytest.raises(SystemExit, match="unknown sampling settings"):
     mod.main([workdir + "@bogus=1"] + protocol)

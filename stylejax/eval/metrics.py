@@ -375,6 +375,10 @@ class EvalJob:
     return _style_key(self.style)
 
 
+# Binary per-image outcomes (best of N's oracle: any of the N candidates right)
+RATES = ("text_fidelity", "content_leakage", "text_fidelity_oracle")
+
+
 @dataclasses.dataclass(frozen=True)
 class EvaluationProtocol:
   """StyleAR-style protocol: N styles × M prompts × K samples (StyleAR: 10 × 20 × 4).
@@ -388,7 +392,7 @@ class EvaluationProtocol:
   samples_per_prompt: int = 4
   seed: int = 0
   # per-image scores that are binary outcomes (Wilson interval); the rest are means (normal)
-  rates: tuple[str, ...] = ("text_fidelity", "content_leakage")
+  rates: tuple[str, ...] = RATES
 
   def __post_init__(self):
     if not self.styles or not self.prompts or self.samples_per_prompt < 1:
@@ -449,7 +453,6 @@ class EvaluationProtocol:
 
 
 def evaluation_protocol(styles: Iterable[Any], prompts: Iterable[Any], samples_per_prompt: int = 4,
-                        seed: int = 0, rates: Sequence[str] = ("text_fidelity", "content_leakage")
-                        ) -> EvaluationProtocol:
+                        seed: int = 0, rates: Sequence[str] = RATES) -> EvaluationProtocol:
   """Builds the N styles × M prompts × K samples protocol (see `EvaluationProtocol`)."""
   return EvaluationProtocol(tuple(styles), tuple(prompts), samples_per_prompt, seed, tuple(rates))

@@ -290,7 +290,8 @@ def evaluate(workdir: str | ARImagePipeline, scorers: Any, num_styles: int = 10,
   content_leakage and, with `clip`, clip_t (vs the content prompt) and clip_i (vs the reference),
   each {"mean", "ci95", "n"}. `overrides`: sampling settings as in `generate`, and best_of=N (each image the
   best of N candidates by CLIP(image, prompt), `sample/best_of.py`; best_of_clip: its CLIP, default the run's;
-  best_of_rank: "cosine" or "contrastive"). With `return_per_image`, also the per-image scores ({name: [N]} in
+  best_of_rank: "cosine" or "contrastive"; with N > 1 also text_fidelity_oracle, the rate at which any of the N
+  candidates is right). With `return_per_image`, also the per-image scores ({name: [N]} in
   job order, NaN where a metric does not count): two runs evaluated with the same arguments score the same items,
   so they can be compared paired.
   """
@@ -324,11 +325,16 @@ def evaluate(workdir: str | ARImagePipeline, scorers: Any, num_styles: int = 10,
   row_texts = [texts[r] for r in rows]
   ids = _batched(pipe, row_texts, _seed_keys(seeds, n), each(style_images), each(content_images), each(structure),
                  batch_size, **overrides)
-  images = pipe.task.image_tokenizer.decode(ids)
-  images = images[best_of_lib.select(images, row_texts, n, clip_spec or pipe.config.get("text_encoder"), rank)]
+  candidates = pipe.task.image_tokenizer.decode(ids)
+  images = candidates[best_of_lib.select(candidates, row_texts, n, clip_spec or pipe.config.get("text_encoder"), rank)]
 
-  scores = sample_scores(scorers, images, contents, np.stack(refs)[si], [ref_contents[i].shape for i in si])
+  ref_images, ref_shapes = np.stack(refs)[si], [ref_contents[i].shape for i in si]
+  scores = sample_scores(scorers, images, contents, ref_images, ref_shapes)
   per_image = {"text_fidelity": scores["text"], "style_fidelity": scores["style"], "content_leakage": scores["leakage"]}
+  if n > 1:  # the ranking's ceiling: 1 where any of the job's N candidates is right (best_of_headroom's oracle)
+    right = sample_scores(scorers, candidates, [contents[r] for r in rows], ref_images[rows],
+                          [ref_shapes[r] for r in rows])["text"]
+    per_image["text_fidelity_oracle"] = right.reshape(-1, n).max(1)
   if clip:
     embedder = pipe.task.clip_embedder
     img = embedder.embed_images(images)
