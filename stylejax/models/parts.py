@@ -7,7 +7,7 @@ and to embed prompts.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,7 @@ def _part_spec(spec: Any) -> dict[str, str]:
   return {"workdir": d.get("workdir", "") or "", "config": d.get("config", "") or ""}
 
 
-def in_chunks(fn: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
+def in_chunks(fn: Callable[[np.ndarray], Any], x: np.ndarray, batch_size: int) -> np.ndarray:
   """fn over x [N, ...] in slices of at most `batch_size` rows, concatenated: a jitted part's activations
   grow with its batch (a 64x64 decoder on 12k best-of-N candidates at once needs > 24 GB)."""
   if len(x) <= batch_size:
