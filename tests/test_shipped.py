@@ -259,16 +259,12 @@ def test_init_from_dont_load_keeps_a_resized_decoder_fresh(assets):
 def test_decoder_stages_train_the_grown_decoder_on_frozen_codes(assets, tmp_path):
   """configs/shapestyle.py DECODER_STAGES at runlocal size, in order: encoder and codebook stay bit-identical,
   so the generators' token ids do not change; the decoder's old params train and its grown blocks exist; the
-  GAN stage's discriminator trains but is not exported. Stages 2 and 3 run (the first's flags are a subset of
-  the second's, and the fourth is the third with other sizes and data seed), which covers every flag."""
+  GAN stage's discriminator trains but is not exported."""
   from configs import shapestyle
   root, runs = assets
   sizes = ("codebook_size", "total_steps", "checkpoint.every")  # the full part's sizes, not runlocal's
-  stages = shapestyle.DECODER_STAGES["tokenizer"]
-  assert len(stages) == 4 and set(stages[0]) < set(stages[1])
-  assert set(stages[3]) - set(stages[2]) == {"--config.total_steps=1500", "--config.data.seed=8"}
   previous = runs["tokenizer"]
-  for i, args in enumerate(stages[1:3]):
+  for i, args in enumerate(shapestyle.DECODER_STAGES["tokenizer"]):
     stage = dict(a[len("--config."):].split("=", 1) for a in args)
     stage = {k: v for k, v in stage.items() if not k.endswith(sizes)}
     stage.update({"init_from.workdir": previous, "optimizer.warmup_steps": "0"})
