@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
               "contrastive": best_of.contrastive_scores(clip, images, texts).reshape(-1, k)}
     rows = np.arange(len(prompts))
     out[name] = {"N": [], "oracle": [], **{r: [] for r in scores}}
-    for n in sorted({2 ** i for i in range(k.bit_length()) if 2 ** i <= k} | {k}):  # 1, 2, 4, ..., and k itself
+    for n in sorted({2 ** i for i in range(k.bit_length())} | {k}):  # 1, 2, 4, ..., and k itself
       out[name]["N"].append(n)
       out[name]["oracle"].append(float(right[:, :n].any(1).mean()))
       for r, s in scores.items():

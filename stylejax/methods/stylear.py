@@ -326,15 +326,16 @@ def evaluate(workdir: str | ARImagePipeline, scorers: Any, num_styles: int = 10,
   ids = _batched(pipe, row_texts, _seed_keys(seeds, n), each(style_images), each(content_images), each(structure),
                  batch_size, **overrides)
   candidates = pipe.task.image_tokenizer.decode(ids)
-  images = candidates[best_of_lib.select(candidates, row_texts, n, clip_spec or pipe.config.get("text_encoder"), rank)]
+  pick = best_of_lib.select(candidates, row_texts, n, clip_spec or pipe.config.get("text_encoder"), rank)
+  images = candidates[pick]
 
-  ref_images, ref_shapes = np.stack(refs)[si], [ref_contents[i].shape for i in si]
-  scores = sample_scores(scorers, images, contents, ref_images, ref_shapes)
-  per_image = {"text_fidelity": scores["text"], "style_fidelity": scores["style"], "content_leakage": scores["leakage"]}
+  # every candidate scored once; the pick's scores are its rows
+  scores = sample_scores(scorers, candidates, [contents[r] for r in rows], np.stack(refs)[si][rows],
+                         [ref_contents[si[r]].shape for r in rows])
+  per_image = {"text_fidelity": scores["text"][pick], "style_fidelity": scores["style"][pick],
+               "content_leakage": scores["leakage"][pick]}
   if n > 1:  # the ranking's ceiling: 1 where any of the job's N candidates is right (best_of_headroom's oracle)
-    right = sample_scores(scorers, candidates, [contents[r] for r in rows], ref_images[rows],
-                          [ref_shapes[r] for r in rows])["text"]
-    per_image["text_fidelity_oracle"] = right.reshape(-1, n).max(1)
+    per_image["text_fidelity_oracle"] = scores["text"].reshape(-1, n).max(1)
   if clip:
     embedder = pipe.task.clip_embedder
     img = embedder.embed_images(images)
