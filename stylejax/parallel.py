@@ -115,17 +115,30 @@ def as_rules(rules: Sequence[Sequence[Any]]) -> tuple:
   return tuple((name, tuple(ax) if isinstance(ax, list) else ax) for name, ax in rules)
 
 
+def abstract_sharded(init_fn: Callable[[jax.Array], Any], rng: jax.Array, mesh: jax.sharding.Mesh,
+                     rules: Sequence[Sequence[Any]]) -> tuple[Any, Any]:
+  """The params `init_fn` would make, as `jax.ShapeDtypeStruct`s carrying their shardings, without computing them
+  (a checkpoint-restore target). Returns (abstract unboxed params, their shardings)."""
+  rules = as_rules(rules)
+  with nn.logical_axis_rules(rules):
+    abstract = jax.eval_shape(init_fn, rng)
+    shardings = unbox(nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules))
+  return with_shardings(unbox(abstract), shardings), shardings
+
+
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+  """Shape/dtype leaves (arrays or ShapeDtypeStructs) -> ShapeDtypeStructs with the matching `shardings` leaf."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
 def init_sharded(init_fn: Callable[[jax.Array], Any], rng: jax.Array, mesh: jax.sharding.Mesh,
                  rules: Sequence[Sequence[Any]]) -> tuple[Any, Any]:
   """Initialises params directly on their devices: eval_shape -> specs -> shardings -> jitted init.
 
   Returns (unboxed params, their shardings).
   """
-  rules = as_rules(rules)
-  with nn.logical_axis_rules(rules):
-    abstract = jax.eval_shape(init_fn, rng)
-    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
-    shardings = unbox(shardings)
+  _, shardings = abstract_sharded(init_fn, rng, mesh, rules)
+  with nn.logical_axis_rules(as_rules(rules)):
     params = jax.jit(lambda r: unbox(init_fn(r)), out_shardings=shardings)(rng)
   return params, shardings
 

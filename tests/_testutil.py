@@ -23,6 +23,14 @@ def random_params(model: nn.Module, *args, **kw):
   return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
+def subprocess_env(devices: int = 8) -> dict[str, str]:
+  """The environment for a `python -m stylejax` subprocess: CPU, `devices` simulated devices, and the suite's
+  other XLA flags (conftest.py), so its compiles share the suite's compilation cache."""
+  count = "--xla_force_host_platform_device_count"
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(count)]
+  return dict(os.environ, XLA_FLAGS=" ".join([f"{count}={devices}", *flags]), JAX_PLATFORMS="cpu")
+
+
 def launch_module(name: str):
   """The script launch/<name>.py, imported as a module (launch/ is not a package)."""
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch", name + ".py")

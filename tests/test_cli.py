@@ -6,12 +6,13 @@ import sys
 
 import numpy as np
 import pytest
+from _testutil import subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def stylejax(*args, timeout=300):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = subprocess_env(8)
   return subprocess.run([sys.executable, "-m", "stylejax", *args], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=timeout)
 

@@ -13,6 +13,7 @@ import numpy as np
 from stylejax import checkpoint as ckpt_lib
 from stylejax import config as config_lib
 from stylejax.train import trainer
+from _testutil import subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A toy run long enough to be killed in the middle.
@@ -21,7 +22,7 @@ LONG = ["--config.total_steps=120", "--config.checkpoint.every=25", "--config.lo
 
 
 def launch(workdir, *extra, devices=8):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  env = subprocess_env(devices)
   return subprocess.Popen([sys.executable, "-m", "stylejax", "train", "--config", "configs/toy.py:runlocal",
                            "--workdir", str(workdir), *extra], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -11,6 +11,7 @@ from stylejax import config as config_lib
 from stylejax.models.muse_pipeline import MusePipeline, PipelineError
 from stylejax.train import trainer
 from stylejax.train.task import load_task
+from _testutil import subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,7 +71,7 @@ def test_pipeline_generates_reproducible_images(runs):
 
 
 def _cli(*args):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  env = subprocess_env(1)
   return subprocess.run([sys.executable, "-m", "stylejax", "sample", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
 

@@ -114,6 +114,24 @@ def test_resume_sees_the_same_batches_and_rerun_is_noop(tmp_path):
   assert again["status"] == "already_done"
 
 
+def test_abstract_state_mirrors_the_initialised_one_and_loading_initialises_nothing(tmp_path, monkeypatch):
+  cfg = toy_config(**{"mesh.fsdp": "2", "mesh.tensor": "2", "ema_decay": "0.5", "total_steps": "2"})
+  *_, state, shardings = trainer.build(cfg, jax.devices())
+  *_, abstract, abstract_shardings = trainer.build(cfg, jax.devices(), abstract=True)
+  assert jax.tree.structure(abstract) == jax.tree.structure(state) and abstract_shardings == shardings
+  for a, x in zip(jax.tree.leaves(abstract), jax.tree.leaves(state)):
+    assert isinstance(a, jax.ShapeDtypeStruct) and (a.shape, a.dtype, a.sharding) == (x.shape, x.dtype, x.sharding)
+  summary = run(cfg, tmp_path, jax.devices())
+
+  def no_init(*args, **kw):
+    raise AssertionError("a checkpoint load initialised params")
+  monkeypatch.setattr(parallel, "init_sharded", no_init)
+  _, params = trainer.load_params(str(tmp_path))  # the EMA params by default
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params),
+               jax.tree.map(np.asarray, jax.device_get(summary["state"]["ema"])))
+  assert run(cfg, tmp_path, jax.devices())["status"] == "already_done"  # a resume restores the same way
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   cfg = toy_config(total_steps="40", **{"checkpoint.every": "2", "optimizer.lr": "1e30",
                                         "optimizer.grad_clip_norm": "0.0", "optimizer.warmup_steps": "0",

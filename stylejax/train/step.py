@@ -33,22 +33,33 @@ def merge_trainable(train: Any, frozen: Any, mask: Any) -> Any:
 
 
 def init_state(task: Task, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
-               mesh: jax.sharding.Mesh) -> tuple[State, Any]:
-  """Params born sharded, optimizer state sharded like them. Returns (state, state shardings)."""
+               mesh: jax.sharding.Mesh, abstract: bool = False) -> tuple[State, Any]:
+  """Params born sharded, optimizer state sharded like them. Returns (state, state shardings).
+
+  abstract: the state's leaves as `jax.ShapeDtypeStruct`s with their shardings, nothing initialised or compiled
+  (a restore target: loading a checkpoint then costs no init and no optimizer-state allocation)."""
   rng = jax.random.key(config.seed)
   init_rng, train_rng = jax.random.split(rng)
-  params, param_shardings = parallel.init_sharded(task.init, init_rng, mesh, config.logical_axis_rules)
+  make = parallel.abstract_sharded if abstract else parallel.init_sharded
+  params, param_shardings = make(task.init, init_rng, mesh, config.logical_axis_rules)
   # Optimizer state: follow the params' shardings where shapes match, replicate scalars.
   opt_abstract = jax.eval_shape(tx.init, params)
   opt_shardings = _like_params(opt_abstract, params, param_shardings, mesh)
-  opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
   rep = parallel.replicated(mesh)
-  state = {"step": jax.device_put(jnp.zeros((), jnp.int32), rep), "params": params,
-           "opt_state": opt_state, "rng": jax.device_put(train_rng, rep)}
   shardings = {"step": rep, "params": param_shardings, "opt_state": opt_shardings, "rng": rep}
   if config.ema_decay:
-    state["ema"] = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=param_shardings)(params)
     shardings["ema"] = param_shardings
+  if abstract:
+    shapes = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params, "opt_state": opt_abstract,
+              "rng": train_rng}
+    if config.ema_decay:
+      shapes["ema"] = params
+    return parallel.with_shardings(shapes, shardings), shardings
+  opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+  state = {"step": jax.device_put(jnp.zeros((), jnp.int32), rep), "params": params,
+           "opt_state": opt_state, "rng": jax.device_put(train_rng, rep)}
+  if config.ema_decay:
+    state["ema"] = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=param_shardings)(params)
   return state, shardings
 
 

@@ -50,8 +50,10 @@ class _StopSignal:
       signal.signal(sig, handler)
 
 
-def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None):
-  """Mesh, task, optimizer and freshly initialised sharded state (no checkpoint I/O)."""
+def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None,
+          abstract: bool = False):
+  """Mesh, task, optimizer and freshly initialised sharded state (no checkpoint I/O); with `abstract`, the
+  state's shapes and shardings only (`step.init_state`), the target a checkpoint restores into."""
   if not config.get("task"):
     raise config_lib.ConfigError("config.task is empty; the config must name a Task class.")
   mesh = parallel.make_mesh(config.mesh, devices)
@@ -59,9 +61,9 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
   task = load_task(config)
   rules = parallel.as_rules(config.logical_axis_rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract = parallel.unbox(jax.eval_shape(task.init, jax.random.key(0)))
-    tx, mask, schedule = optim.make_optimizer(config.optimizer, abstract, config.total_steps)
-    state, shardings = step_lib.init_state(task, tx, config, mesh)
+    shapes = parallel.unbox(jax.eval_shape(task.init, jax.random.key(0)))
+    tx, mask, schedule = optim.make_optimizer(config.optimizer, shapes, config.total_steps)
+    state, shardings = step_lib.init_state(task, tx, config, mesh, abstract)
   return mesh, task, tx, mask, schedule, state, shardings
 
 
@@ -76,14 +78,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config_lib.to_json(config))
-  mesh, task, tx, mask, schedule, state, shardings = build(config, devices)
-  rules = parallel.as_rules(config.logical_axis_rules)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
                                        async_save=config.checkpoint.async_save)
+  latest = checkpointer.latest_step()
+  # a resumed run restores into the state's shapes and shardings: nothing to initialise first
+  mesh, task, tx, mask, schedule, state, shardings = build(config, devices, abstract=latest is not None)
+  rules = parallel.as_rules(config.logical_axis_rules)
   data = pipeline_lib.make_pipeline(task.source("train"), config.batch_size, seed=config.seed,
                                     process_index=jax.process_index(), process_count=jax.process_count(),
                                     numeric_only=True)
-  latest = checkpointer.latest_step()
   if latest is not None:
     state, data_state = checkpointer.restore(state)
     if data_state is not None:
@@ -238,7 +241,7 @@ def load_params(workdir: str, devices: Sequence[jax.Device] | None = None, use_e
   config.unlock()
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.lock()
-  mesh, task, tx, mask, schedule, state, shardings = build(config, devices)
+  *_, state, _ = build(config, devices, abstract=True)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
   if checkpointer.latest_step() is None:
     raise TrainError(f"{workdir} has no checkpoint yet; train first.")
