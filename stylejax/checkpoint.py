@@ -47,6 +47,15 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(**args))
     return restored["state"], (restored["data"] if has_data else None)
 
+  def restore_entries(self, targets: dict[str, Any], step: int | None = None) -> dict[str, Any]:
+    """Restores only the named top-level entries of a saved state (e.g. {"params": abstract params}), reading
+    nothing else from disk: no optimizer state is read or allocated when only params are wanted."""
+    step = self.latest_step() if step is None else step
+    abstract = jax.tree.map(_abstract, targets)
+    args = ocp.args.PyTreeRestore(item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                                  partial_restore=True)
+    return self._manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+
   def _item_names(self, step: int) -> set[str]:
     return set(os.listdir(os.path.join(self.directory, str(step))))
 

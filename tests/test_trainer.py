@@ -126,9 +126,13 @@ def test_abstract_state_mirrors_the_initialised_one_and_loading_initialises_noth
   def no_init(*args, **kw):
     raise AssertionError("a checkpoint load initialised params")
   monkeypatch.setattr(parallel, "init_sharded", no_init)
-  _, params = trainer.load_params(str(tmp_path))  # the EMA params by default
-  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params),
-               jax.tree.map(np.asarray, jax.device_get(summary["state"]["ema"])))
+  for use_ema, name in [(True, "ema"), (False, "params")]:
+    _, params = trainer.load_params(str(tmp_path), use_ema=use_ema)
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params),
+                 jax.tree.map(np.asarray, jax.device_get(summary["state"][name])))
+  ckpt = ckpt_lib.Checkpointer(os.path.join(tmp_path, "checkpoints"))
+  assert set(ckpt.restore_entries({"params": abstract["params"]})) == {"params"}  # nothing else is read
+  ckpt.close()
   assert run(cfg, tmp_path, jax.devices())["status"] == "already_done"  # a resume restores the same way
 
 

@@ -229,7 +229,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def load_params(workdir: str, devices: Sequence[jax.Device] | None = None, use_ema: bool = True,
                 step: int | None = None) -> tuple[Any, Any]:
   """Restores (config, params) from a workdir's checkpoint `step` (default: the latest) onto `devices`
-  (default: all).
+  (default: all). Only the params (or their EMA) are read: no train state is initialised, no optimizer state read.
 
   A shipped name ("shapestyle:base") returns its config and numpy params instead.
   """
@@ -247,9 +247,9 @@ def load_params(workdir: str, devices: Sequence[jax.Device] | None = None, use_e
     raise TrainError(f"{workdir} has no checkpoint yet; train first.")
   if step is not None and step not in checkpointer.all_steps():
     raise TrainError(f"{workdir} has no checkpoint at step {step}; it has {checkpointer.all_steps()}.")
-  state, _ = checkpointer.restore(state, step=step, with_data=False)
+  name = "ema" if (use_ema and "ema" in state) else "params"
+  params = checkpointer.restore_entries({name: state[name]}, step=step)[name]
   checkpointer.close()
-  params = state["ema"] if (use_ema and "ema" in state) else state["params"]
   return config, params
 
 
