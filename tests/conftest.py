@@ -5,7 +5,7 @@ import shutil
 import tempfile
 
 # LLVM at -O0: the suite's runlocal models are compile-bound (a train step runs in milliseconds, compiles in
-# seconds), and -O0 compiles several times faster; results agree with the default to float rounding.
+# seconds) and -O0 compiles them several times faster (the whole suite: 13:25 -> 9:16, passing either way).
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
