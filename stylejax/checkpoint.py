@@ -12,6 +12,17 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def latest_step(directory: str) -> int | None:
+  """The latest saved step in `directory`; None when it has none or does not exist (nothing is created)."""
+  if not os.path.isdir(directory):
+    return None
+  manager = ocp.CheckpointManager(os.path.abspath(directory),
+                                  options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+  step = manager.latest_step()
+  manager.close()
+  return step
+
+
 class Checkpointer:
   """Async saves every N steps, keeps the last K, restores the latest into given shardings."""
 

@@ -135,6 +135,11 @@ def test_abstract_state_mirrors_the_initialised_one_and_loading_initialises_noth
   ckpt.close()
   assert run(cfg, tmp_path, jax.devices())["status"] == "already_done"  # a resume restores the same way
 
+  bad = toy_config(**{"mesh.data": "3"})  # fails in build, before any state exists: no checkpoints folder appears
+  with pytest.raises(parallel.ParallelError):
+    run(bad, tmp_path / "bad", jax.devices())
+  assert not os.path.exists(tmp_path / "bad" / "checkpoints")
+
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   cfg = toy_config(total_steps="40", **{"checkpoint.every": "2", "optimizer.lr": "1e30",

@@ -78,12 +78,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config_lib.to_json(config))
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
-                                       async_save=config.checkpoint.async_save)
-  latest = checkpointer.latest_step()
+  latest = ckpt_lib.latest_step(os.path.join(workdir, "checkpoints"))
   # a resumed run restores into the state's shapes and shardings: nothing to initialise first
   mesh, task, tx, mask, schedule, state, shardings = build(config, devices, abstract=latest is not None)
   rules = parallel.as_rules(config.logical_axis_rules)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+                                       async_save=config.checkpoint.async_save)
   data = pipeline_lib.make_pipeline(task.source("train"), config.batch_size, seed=config.seed,
                                     process_index=jax.process_index(), process_count=jax.process_count(),
                                     numeric_only=True)
