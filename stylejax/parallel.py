@@ -132,12 +132,14 @@ def with_shardings(abstract: Any, shardings: Any) -> Any:
 
 
 def init_sharded(init_fn: Callable[[jax.Array], Any], rng: jax.Array, mesh: jax.sharding.Mesh,
-                 rules: Sequence[Sequence[Any]]) -> tuple[Any, Any]:
+                 rules: Sequence[Sequence[Any]], shardings: Any = None) -> tuple[Any, Any]:
   """Initialises params directly on their devices: eval_shape -> specs -> shardings -> jitted init.
 
-  Returns (unboxed params, their shardings).
+  Returns (unboxed params, their shardings). `shardings`: the params' shardings when already known
+  (`abstract_sharded`), which skips the eval_shape.
   """
-  _, shardings = abstract_sharded(init_fn, rng, mesh, rules)
+  if shardings is None:
+    _, shardings = abstract_sharded(init_fn, rng, mesh, rules)
   with nn.logical_axis_rules(as_rules(rules)):
     params = jax.jit(lambda r: unbox(init_fn(r)), out_shardings=shardings)(rng)
   return params, shardings

@@ -33,15 +33,17 @@ def merge_trainable(train: Any, frozen: Any, mask: Any) -> Any:
 
 
 def init_state(task: Task, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
-               mesh: jax.sharding.Mesh, abstract: bool = False) -> tuple[State, Any]:
+               mesh: jax.sharding.Mesh, params: Any, param_shardings: Any, abstract: bool = False
+               ) -> tuple[State, Any]:
   """Params born sharded, optimizer state sharded like them. Returns (state, state shardings).
 
+  params, param_shardings: the params' abstract shapes and shardings (`parallel.abstract_sharded`).
   abstract: the state's leaves as `jax.ShapeDtypeStruct`s with their shardings, nothing initialised or compiled
   (a restore target: loading a checkpoint then costs no init and no optimizer-state allocation)."""
   rng = jax.random.key(config.seed)
   init_rng, train_rng = jax.random.split(rng)
-  make = parallel.abstract_sharded if abstract else parallel.init_sharded
-  params, param_shardings = make(task.init, init_rng, mesh, config.logical_axis_rules)
+  if not abstract:
+    params, _ = parallel.init_sharded(task.init, init_rng, mesh, config.logical_axis_rules, param_shardings)
   # Optimizer state: follow the params' shardings where shapes match, replicate scalars.
   opt_abstract = jax.eval_shape(tx.init, params)
   opt_shardings = _like_params(opt_abstract, params, param_shardings, mesh)

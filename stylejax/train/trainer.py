@@ -61,9 +61,10 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
   task = load_task(config)
   rules = parallel.as_rules(config.logical_axis_rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    shapes = parallel.unbox(jax.eval_shape(task.init, jax.random.key(0)))
-    tx, mask, schedule = optim.make_optimizer(config.optimizer, shapes, config.total_steps)
-    state, shardings = step_lib.init_state(task, tx, config, mesh, abstract)
+    # the model is traced once for its shapes and shardings: the optimizer's masks and the state build on them
+    params, param_shardings = parallel.abstract_sharded(task.init, jax.random.key(config.seed), mesh, rules)
+    tx, mask, schedule = optim.make_optimizer(config.optimizer, params, config.total_steps)
+    state, shardings = step_lib.init_state(task, tx, config, mesh, params, param_shardings, abstract)
   return mesh, task, tx, mask, schedule, state, shardings
 
 
@@ -241,10 +242,10 @@ def load_params(workdir: str, devices: Sequence[jax.Device] | None = None, use_e
   config.unlock()
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.lock()
+  if ckpt_lib.latest_step(os.path.join(workdir, "checkpoints")) is None:  # checked before anything is built
+    raise TrainError(f"{workdir} has no checkpoint yet; train first.")
   *_, state, _ = build(config, devices, abstract=True)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
-  if checkpointer.latest_step() is None:
-    raise TrainError(f"{workdir} has no checkpoint yet; train first.")
   if step is not None and step not in checkpointer.all_steps():
     raise TrainError(f"{workdir} has no checkpoint at step {step}; it has {checkpointer.all_steps()}.")
   name = "ema" if (use_ema and "ema" in state) else "params"
