@@ -139,6 +139,9 @@ def test_abstract_state_mirrors_the_initialised_one_and_loading_initialises_noth
   with pytest.raises(parallel.ParallelError):
     run(bad, tmp_path / "bad", jax.devices())
   assert not os.path.exists(tmp_path / "bad" / "checkpoints")
+  with pytest.raises(trainer.TrainError, match="no checkpoint yet"):  # nor does loading that workdir
+    trainer.load_params(str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad" / "checkpoints")
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
