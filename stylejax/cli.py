@@ -199,6 +199,9 @@ def _demo(fv) -> int:
   from stylejax.methods import styledrop
   if fv.steps is not None and fv.steps <= 0:
     raise UsageError(f"--steps={fv.steps}; tune for at least one step per round.")
+  if fv.descriptor is not None and not fv.descriptor.strip():
+    raise UsageError("--descriptor is empty; name the style in a few words, e.g. --descriptor=watercolor "
+                     "(or leave the flag out to use the bundled reference's).")
   styledrop.demo(out=fv.out or "stylejax_demo", base=fv.workdir or "shapestyle:base", style_image=fv.style_image or "",
                  descriptor=fv.descriptor or "", steps=fv.steps, seed=fv.seed)
   return 0

@@ -300,6 +300,15 @@ def test_cli_sample_eval_and_bad_inputs(clip_run, base, tmp_path):
     r = _cli("train", f"--config={RUNLOCAL}", f"--workdir={tmp_path / 'w'}", f"--config.styledrop.base={base}", *extra)
     assert r.returncode == 2, (extra, r.stderr)
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
+  demo_cases = [(["--descriptor= "], "--descriptor is empty"), (["--steps=0"], "--steps=0"),
+                (["--style_image=" + str(bad)], "needs --descriptor")]  # before anything loads or is written
+  for extra, needle in demo_cases:
+    r = _cli("demo", f"--out={tmp_path / 'demo'}", *extra)
+    assert r.returncode == 2 and not (tmp_path / "demo").exists(), (extra, r.stderr)
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
+  r = _cli("demo", f"--out={tmp_path / 'demo'}", f"--style_image={bad}", "--descriptor=x")  # unreadable: no half workdir
+  assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "bad.png" in r.stderr, r.stderr
+  assert not (tmp_path / "demo" / "styledrop").exists()
 
 
 def test_readme_notebook_example_runs_as_written(clip_run):

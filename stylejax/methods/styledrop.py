@@ -278,6 +278,7 @@ def evaluate_workdir(workdir: str, seed: int = 0, scorers=None, num_prompts: int
 def run(config: ml_collections.ConfigDict, workdir: str, scorers=None, progress: bool = True) -> dict[str, Any]:
   """The whole recipe in `workdir` (resumes any finished step). Returns the manifest dict, with
   status "done" or "awaiting_selection" (human feedback: see the contact sheet path)."""
+  from stylejax import config as config_lib
   from stylejax.data.finetune import save_image_captions
   from stylejax.eval.report import save_png
   from stylejax.train import trainer
@@ -288,6 +289,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, scorers=None, progress:
   s.descriptor, s.content = descriptor, content
   _validate(config)
   os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:  # the resolved recipe, written once it is valid
+    f.write(config_lib.to_json(config))
   save_png(reference, os.path.join(workdir, "reference.png"))
   manifest_path = os.path.join(workdir, MANIFEST)
   manifest = {"descriptor": descriptor, "content": content, "style": style_tag, "base": s.base, "rounds": int(s.rounds),
@@ -394,12 +397,12 @@ def tune(base: str, image: Any, descriptor: str, content: str = "", rounds: int 
   from stylejax import config as config_lib
   from stylejax.eval.report import save_png
   workdir = workdir or tempfile.mkdtemp(prefix="styledrop_")
-  os.makedirs(workdir, exist_ok=True)
   if hasattr(image, "convert"):  # a PIL image
     image = np.asarray(image.convert("RGB"))
   if isinstance(image, np.ndarray):
     arr = np.asarray(image)
     arr = np.round(arr * 255).astype(np.uint8) if arr.dtype != np.uint8 else arr
+    os.makedirs(workdir, exist_ok=True)
     image = os.path.join(workdir, "input.png")
     save_png(arr, image)
   c = config_lib.load_config(config)
@@ -410,8 +413,6 @@ def tune(base: str, image: Any, descriptor: str, content: str = "", rounds: int 
     c.styledrop.steps = [int(steps)] * int(rounds) if isinstance(steps, int) else [int(x) for x in steps]
   for key, value in overrides.items():
     config_lib.apply_override(c, key, value)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config_lib.to_json(c))
   result = run(c, workdir, scorers=scorers, progress=progress)
   if result["status"] != "done":
     raise StyleDropError(f"tuning stopped with status {result['status']!r}"
@@ -485,9 +486,9 @@ def demo(out: str = "stylejax_demo", base: str = "shapestyle:base", style_image:
   from stylejax.models.parts import load_clip_embedder
   t0 = time.time()
   say = print if progress else (lambda *a, **k: None)
-  os.makedirs(out, exist_ok=True)
   if style_image and not descriptor.strip():
     raise StyleDropError("--style_image needs --descriptor: a few words naming the style, e.g. 'watercolor'.")
+  os.makedirs(out, exist_ok=True)
   meta = {} if style_image else bundled_reference()[1]
   say(f"[demo] StyleDrop on {base}: reference {style_image or meta['style'] + ' (bundled held-out style)'}")
   sd = tune(base, style_image or None, descriptor, content=meta.get("content", ""), rounds=2, selection="clip",
