@@ -51,6 +51,28 @@ def test_bad_configs_exit_with_one_clear_line(tmp_path, args, needle):
   assert len(lines) == 1 and needle in lines[0], out.stderr
 
 
+def test_bad_config_values_exit_with_one_line_and_leave_the_run_alone(tmp_path, capsys):
+  # Values the config validators reject (optimizer, model, schedule) and a tokenizer whose ids do not fit the
+  # model, which only shows when the first batch is encoded. In-process: an uncaught error fails the test.
+  from stylejax import cli
+  run = tmp_path / "run"
+  assert cli.main(["train", "--config", "configs/toy.py:runlocal", "--workdir", str(run), "--config.progress=false"]) == 0
+  record, checkpoints = (run / "config.json").read_bytes(), sorted(os.listdir(run / "checkpoints"))
+  capsys.readouterr()
+  cases = [("configs/toy.py:runlocal", run, ["--config.optimizer.name=lion"], "optimizer.name='lion'"),
+           ("configs/toy.py:runlocal", run, ["--config.optimizer.schedule=step"], "optimizer.schedule='step'"),
+           ("configs/muse.py:runlocal", tmp_path / "muse", ["--config.model.layout=uvit3"], "model.layout='uvit3'"),
+           ("configs/muse.py:runlocal", tmp_path / "muse", ["--config.model.mask_schedule=cubic"], "cubic"),
+           ("configs/muse.py:runlocal", tmp_path / "muse", ["--config.model.seq_len=64"],
+            "the tokenizer gives 16 ids from 32 codes; set model.seq_len=16")]
+  for config, workdir, extra, needle in cases:  # the toy run is unfinished at 8 steps: it would train on
+    rc = cli.main(["train", "--config", config, "--workdir", str(workdir), "--config.total_steps=8", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("stylejax train: error:") and needle in err[0], err
+  assert (run / "config.json").read_bytes() == record and sorted(os.listdir(run / "checkpoints")) == checkpoints
+  assert not (tmp_path / "muse" / "config.json").exists()  # no record of a run that never started
+
+
 def test_dpo_pairs_problems_exit_with_one_clear_line(tmp_path):
   old = str(tmp_path / "old.npz")  # a pairs file from before log-prob scales were recorded: conditional
   np.savez(old, chosen_ids=np.zeros((2, 16), np.int32), rejected_ids=np.zeros((2, 16), np.int32))

@@ -1,6 +1,7 @@
 """The trainer: sharding equivalence, freezing, accumulation, checkpoints across meshes, NaN stops."""
 import glob
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -138,10 +139,13 @@ def test_abstract_state_mirrors_the_initialised_one_and_loading_initialises_noth
   bad = toy_config(**{"mesh.data": "3"})  # fails in build, before any state exists: no checkpoints folder appears
   with pytest.raises(parallel.ParallelError):
     run(bad, tmp_path / "bad", jax.devices())
-  assert not os.path.exists(tmp_path / "bad" / "checkpoints")
-  with pytest.raises(trainer.TrainError, match="no checkpoint yet"):  # nor does loading that workdir
+  assert os.listdir(tmp_path / "bad") == []  # nor a config.json: only a config that ran is recorded
+  with pytest.raises(trainer.TrainError, match="has no config.json"):
     trainer.load_params(str(tmp_path / "bad"))
-  assert not os.path.exists(tmp_path / "bad" / "checkpoints")
+  shutil.copy(tmp_path / "config.json", tmp_path / "bad")  # a run stopped before its first checkpoint
+  with pytest.raises(trainer.TrainError, match="no checkpoint yet"):  # loading it creates nothing either
+    trainer.load_params(str(tmp_path / "bad"))
+  assert os.listdir(tmp_path / "bad") == ["config.json"]
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

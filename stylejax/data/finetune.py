@@ -10,6 +10,8 @@ import os
 
 import numpy as np
 
+from stylejax.config import ConfigError
+
 AUGMENTS = ("flip", "shift")
 
 
@@ -54,12 +56,12 @@ class ImageCaptionSource:
                image_size: int | None = None):
     self.images, self.captions = load_image_captions(path)
     if image_size is not None and self.images.shape[1:3] != (image_size, image_size):
-      raise ValueError(f"{path} holds {self.images.shape[1]}x{self.images.shape[2]} images; the model "
+      raise ConfigError(f"{path} holds {self.images.shape[1]}x{self.images.shape[2]} images; the model "
                        f"takes {image_size}x{image_size}.")
     self.kinds = tuple(k for k in str(augment).replace(" ", "").split(",") if k)
     unknown = set(self.kinds) - set(AUGMENTS)
     if unknown:
-      raise ValueError(f"unknown augmentations {sorted(unknown)}; use a comma list of {AUGMENTS} or ''.")
+      raise ConfigError(f"unknown augmentations {sorted(unknown)}; use a comma list of {AUGMENTS} or ''.")
     self.num_examples, self.seed = int(num_examples), int(seed)
 
   def __len__(self) -> int:

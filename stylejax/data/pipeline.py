@@ -15,6 +15,8 @@ from typing import Any, Callable
 import grain
 import numpy as np
 
+from stylejax.config import ConfigError
+
 
 def _drop_text(example: dict[str, Any]) -> dict[str, Any]:
   return {k: v for k, v in example.items() if np.asarray(v).dtype.kind not in "USO"}
@@ -36,20 +38,20 @@ def make_dataset(source: Any, global_batch_size: int, seed: int = 0, shuffle: bo
   grain multiprocessing prefetch (the source and `transform` must then be picklable).
   """
   if global_batch_size <= 0:
-    raise ValueError(f"global_batch_size={global_batch_size}; use a positive batch size.")
+    raise ConfigError(f"global_batch_size={global_batch_size}; use a positive batch size.")
   if process_count <= 0 or not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index}, process_count={process_count}; "
                      f"need 0 <= process_index < process_count.")
   if global_batch_size % process_count:
-    raise ValueError(f"global batch size {global_batch_size} does not divide over {process_count} hosts; "
+    raise ConfigError(f"global batch size {global_batch_size} does not divide over {process_count} hosts; "
                      f"use a multiple of {process_count}.")
   if num_epochs is not None and num_epochs <= 0:
-    raise ValueError(f"num_epochs={num_epochs}; use a positive count or None (repeat forever).")
+    raise ConfigError(f"num_epochs={num_epochs}; use a positive count or None (repeat forever).")
   n = len(source)
   if n == 0:
-    raise ValueError("the data source is empty; check the dataset path, split and num_examples.")
+    raise ConfigError("the data source is empty; check the dataset path, split and num_examples.")
   if num_epochs is not None and n * num_epochs < global_batch_size:
-    raise ValueError(f"{n} examples x {num_epochs} epochs is less than one global batch of {global_batch_size}; "
+    raise ConfigError(f"{n} examples x {num_epochs} epochs is less than one global batch of {global_batch_size}; "
                      f"lower the batch size or raise num_epochs.")
   ds = grain.MapDataset.source(source)
   if transform is not None:

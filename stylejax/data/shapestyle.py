@@ -26,6 +26,8 @@ from typing import Any, Sequence, Union
 import numpy as np
 from PIL import Image, ImageFilter
 
+from stylejax.config import ConfigError
+
 # ----------------------------------------------------------------------------------------------
 # Content vocabulary
 
@@ -253,7 +255,7 @@ def get_style(style: Union[Style, str, int]) -> Style:
     m = re.fullmatch(r"heldout-(\d+)", style)
     if m:
       return heldout_style(int(m.group(1)))
-    raise ValueError(f"unknown style {style!r}; use 'plain', 'heldout-K' or one of: {', '.join(_STYLE_BY_NAME)}.")
+    raise ConfigError(f"unknown style {style!r}; use 'plain', 'heldout-K' or one of: {', '.join(_STYLE_BY_NAME)}.")
   raise TypeError(f"style must be a Style, name or id; got {type(style).__name__}.")
 
 
@@ -489,7 +491,7 @@ def render(content: Content | tuple[int, int, int], style: Style | str | int, im
     content = Content(*map(int, content))
   style = get_style(style)
   if image_size < MIN_IMAGE_SIZE:
-    raise ValueError(f"image_size={image_size} is too small to draw countable shapes; use >= {MIN_IMAGE_SIZE}.")
+    raise ConfigError(f"image_size={image_size} is too small to draw countable shapes; use >= {MIN_IMAGE_SIZE}.")
   rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
   S, scale = int(image_size), image_size / 64.0
   kind = SHAPES[content.shape]
@@ -698,7 +700,7 @@ def _resolve_styles(styles: Any, num_heldout_styles: int) -> list[Style]:
     return [get_style(styles)]
   out = [get_style(s) for s in styles]
   if not out:
-    raise ValueError("styles is empty; pass 'named+plain', 'named', 'plain', 'heldout', a name, or a list.")
+    raise ConfigError("styles is empty; pass 'named+plain', 'named', 'plain', 'heldout', a name, or a list.")
   return out
 
 
@@ -736,26 +738,26 @@ class ShapeStyleSource:
     if split not in _SPLITS:
       raise ValueError(f"split={split!r}; use one of {tuple(_SPLITS)}.")
     if num_examples <= 0:
-      raise ValueError(f"num_examples={num_examples}; use a positive count.")
+      raise ConfigError(f"num_examples={num_examples}; use a positive count.")
     if image_dtype not in ("uint8", "float32"):
-      raise ValueError(f"image_dtype={image_dtype!r}; use 'uint8' or 'float32'.")
+      raise ConfigError(f"image_dtype={image_dtype!r}; use 'uint8' or 'float32'.")
     if image_size < MIN_IMAGE_SIZE:
-      raise ValueError(f"image_size={image_size} is too small to draw countable shapes; use >= {MIN_IMAGE_SIZE}.")
+      raise ConfigError(f"image_size={image_size} is too small to draw countable shapes; use >= {MIN_IMAGE_SIZE}.")
     self.split, self.image_size, self.seed = split, int(image_size), int(seed)
     self.num_examples, self.image_dtype = int(num_examples), image_dtype
     self.styles = _resolve_styles(styles, num_heldout_styles)
     self.plain_fraction, self.heldout_prompts = plain_fraction, float(heldout_prompts)
     if split == "heldout_prompts" and not 0 < self.heldout_prompts < 1:
-      raise ValueError("split='heldout_prompts' needs 0 < heldout_prompts < 1.")
+      raise ConfigError("split='heldout_prompts' needs 0 < heldout_prompts < 1.")
     self._styled = [s for s in self.styles if not s.is_plain]
     for name, value in (("plain_fraction", plain_fraction), ("random_style_fraction", random_style_fraction)):
       if value is not None and not 0 <= value <= 1:
-        raise ValueError(f"{name}={value}; use a value in [0, 1].")
+        raise ConfigError(f"{name}={value}; use a value in [0, 1].")
     if random_style_fraction and not random_style_stream:
-      raise ValueError("random_style_fraction > 0 needs the consumer's own random_style_stream (a nonzero int), "
+      raise ConfigError("random_style_fraction > 0 needs the consumer's own random_style_stream (a nonzero int), "
                        "so its fresh styles never equal an eval held-out style.")
     if random_style_fraction and split == "heldout_prompts":
-      raise ValueError("split='heldout_prompts' draws held-out (content, named style) prompts only; "
+      raise ConfigError("split='heldout_prompts' draws held-out (content, named style) prompts only; "
                        "set random_style_fraction=0 for it.")
     self.random_style_fraction, self.random_style_stream = float(random_style_fraction), int(random_style_stream)
 

@@ -62,9 +62,9 @@ def parse_mix(mix: Any) -> tuple[int, int]:
   try:
     a, b = (float(x) for x in str(mix).split(":"))
   except ValueError:
-    raise ValueError(f"data.mix={mix!r}; write stylized:original, e.g. '1:3' or '1:0'.") from None
+    raise ConfigError(f"data.mix={mix!r}; write stylized:original, e.g. '1:3' or '1:0'.") from None
   if a < 0 or b < 0 or a + b <= 0:
-    raise ValueError(f"data.mix={mix!r}; both parts must be >= 0 and not both 0.")
+    raise ConfigError(f"data.mix={mix!r}; both parts must be >= 0 and not both 0.")
   return a, b
 
 
@@ -92,7 +92,7 @@ class StyleARPairs:
     if split not in _SPLIT_IDS:
       raise ValueError(f"split={split!r}; use one of {tuple(_SPLIT_IDS)}.")
     if not 0.0 <= random_style_fraction <= 1.0:
-      raise ValueError(f"data.random_style_fraction={random_style_fraction}; use a value in [0, 1].")
+      raise ConfigError(f"data.random_style_fraction={random_style_fraction}; use a value in [0, 1].")
     s, o = parse_mix(mix)
     self.stylized_prob = s / (s + o)
     self.tokenize, self.split_id, self.image_size = tokenize, _SPLIT_IDS[split], int(image_size)
@@ -142,13 +142,13 @@ class StyleARTask(ARImageTask):
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
     if not self.num_style:
-      raise ValueError("StyleAR needs style tokens; set style.num_tokens > 0 (StyleAR: 16).")
+      raise ConfigError("StyleAR needs style tokens; set style.num_tokens > 0 (StyleAR: 16).")
     self.style_scale = style_scale_of(config.get("sample", {}).get("style_scale"))  # the sampler's guidance
 
   def source(self, split: str = "train"):
     d = self.config.data
     if d.get("name") != "stylear_pairs":
-      raise ValueError(f"data.name={d.get('name')!r}; StyleARTask trains on 'stylear_pairs'.")
+      raise ConfigError(f"data.name={d.get('name')!r}; StyleARTask trains on 'stylear_pairs'.")
     return StyleARPairs(self.text_encoder.tokenize, split, d.image_size, d.get("seed", 0), d.num_examples,
                         d.get("mix", "1:3"), d.get("random_style_fraction", 0.5), self.structure)
 

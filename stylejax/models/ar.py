@@ -40,6 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from stylejax.config import ConfigError
 from stylejax.nn import rope as rope_lib
 from stylejax.nn.adapters import lora_delta
 
@@ -226,7 +227,7 @@ class Attention(nn.Module):
     """x [B, L, D]; kv: a `LayerKV` or None; cos/sin [B, L, Dh]; mask [B, L, S or L].
     Returns (out [B, L, D], kv with this call's keys/values written at slots [index, index + L))."""
     if self.heads % self.kv_heads:
-      raise ValueError(f"heads={self.heads} must be a multiple of kv_heads={self.kv_heads}.")
+      raise ConfigError(f"heads={self.heads} must be a multiple of kv_heads={self.kv_heads}.")
     lora = lambda n: self.lora if self.lora.on(n) else LoRAConfig()
     dense = lambda n, feats, names, bias: Projection(feats, names, 1, bias, self.init_std, self.dtype,
                                                      self.param_dtype, lora(n), name=n)
@@ -240,7 +241,7 @@ class Attention(nn.Module):
       q = RMSNorm(self.rms_eps, self.dtype, self.param_dtype, name="q_norm")(q)
       k = RMSNorm(self.rms_eps, self.dtype, self.param_dtype, name="k_norm")(k)
     elif self.qk_norm != "none":
-      raise ValueError(f"qk_norm={self.qk_norm!r}; use 'none', 'layernorm' or 'rms'.")
+      raise ConfigError(f"qk_norm={self.qk_norm!r}; use 'none', 'layernorm' or 'rms'.")
     q = rope_lib.apply_rotary(q, cos, sin)
     k = rope_lib.apply_rotary(k, cos, sin)
     q = nn.with_logical_constraint(q, ("act_batch", "act_length", "act_heads", "act_kv"))
@@ -365,9 +366,9 @@ class DecoderLM(nn.Module):
   def lora(self) -> LoRAConfig:
     unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
     if unknown:
-      raise ValueError(f"lora_targets {unknown} are not LoRA sites; use some of {list(LORA_TARGETS)}.")
+      raise ConfigError(f"lora_targets {unknown} are not LoRA sites; use some of {list(LORA_TARGETS)}.")
     if self.lora_rank < 0:
-      raise ValueError(f"lora_rank={self.lora_rank} must be >= 0 (0 = no LoRA).")
+      raise ConfigError(f"lora_rank={self.lora_rank} must be >= 0 (0 = no LoRA).")
     return LoRAConfig(int(self.lora_rank), tuple(self.lora_targets), self.lora_init_std)
 
   @property
@@ -485,7 +486,7 @@ def decoder_from_config(model_cfg: Mapping[str, Any], **overrides: Any) -> Decod
   kwargs = {**dict(model_cfg), **overrides}
   unknown = sorted(set(kwargs) - fields)
   if unknown:
-    raise ValueError(f"unknown DecoderLM config keys {unknown}; valid: {sorted(fields)}.")
+    raise ConfigError(f"unknown DecoderLM config keys {unknown}; valid: {sorted(fields)}.")
   return DecoderLM(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
 
 

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from stylejax.config import ConfigError
 from stylejax.models import ar
 from stylejax.nn import rope as rope_lib
 from stylejax.nn.resampler import PerceiverResampler
@@ -194,7 +195,7 @@ class ARImageTask(Task):
     cond = config.get("cond") or ml_collections.ConfigDict()
     self.uncond = str(cond.get("uncond", "image_only"))
     if self.uncond not in UNCOND_KINDS:
-      raise ValueError(f"cond.uncond={self.uncond!r}; use one of {UNCOND_KINDS}.")
+      raise ConfigError(f"cond.uncond={self.uncond!r}; use one of {UNCOND_KINDS}.")
     self.cond_dropout = float(cond.get("dropout", 0.1))
     self.text_dropout = float(cond.get("text_dropout", 0.0))
     multiple = int(m.get("vocab_multiple", 8))
@@ -203,7 +204,7 @@ class ARImageTask(Task):
     if fields.get("rope") == "2d":  # LlamaGen's 2D RoPE: image ids at their (row, col), the context at (0, 0)
       side = int(round(self.seq_len ** 0.5))
       if side * side != self.seq_len:
-        raise ValueError(f"model.rope='2d' needs a square token grid; seq_len={self.seq_len} is not a square.")
+        raise ConfigError(f"model.rope='2d' needs a square token grid; seq_len={self.seq_len} is not a square.")
       fields["grid"] = (side, side)
     self.lm = ar.decoder_from_config(fields, vocab_size=vocab, text_dim=self.text_dim,
                                      max_len=self.text_len + self.context_len + self.seq_len,
@@ -228,7 +229,7 @@ class ARImageTask(Task):
     from stylejax.models.parts import load_image_tokenizer
     tok = _cached_part("tokenizer", self.config.tokenizer, load_image_tokenizer)
     if (tok.seq_len, tok.codebook_size) != (self.seq_len, self.codebook_size):
-      raise ValueError(f"the tokenizer gives {tok.seq_len} ids from {tok.codebook_size} codes; set "
+      raise ConfigError(f"the tokenizer gives {tok.seq_len} ids from {tok.codebook_size} codes; set "
                        f"model.seq_len={tok.seq_len} and model.codebook_size={tok.codebook_size}.")
     return tok
 
@@ -238,7 +239,7 @@ class ARImageTask(Task):
     from stylejax.models.parts import load_text_encoder
     text = _cached_part("text", self.config.text_encoder, load_text_encoder)
     if (text.dim, text.max_len) != (self.text_dim, self.text_len):
-      raise ValueError(f"the text encoder gives [T={text.max_len}, D={text.dim}] embeddings; set "
+      raise ConfigError(f"the text encoder gives [T={text.max_len}, D={text.dim}] embeddings; set "
                        f"model.text_len={text.max_len} and model.text_dim={text.dim}.")
     return text
 
@@ -254,7 +255,7 @@ class ARImageTask(Task):
     feats = _cached_part(f"vision{self.feature_layer}", spec,
                          lambda _: CLIPVisionFeatures(clip_part, self.feature_layer))
     if feats.dim != self.feature_dim:
-      raise ValueError(f"the image encoder gives {feats.dim}-wide features; set style.feature_dim={feats.dim}.")
+      raise ConfigError(f"the image encoder gives {feats.dim}-wide features; set style.feature_dim={feats.dim}.")
     return feats
 
   @property
@@ -386,7 +387,7 @@ class ARImageTask(Task):
   def source(self, split: str = "train"):
     d = self.config.data
     if d.get("name", "shapestyle") != "shapestyle":
-      raise ValueError(f"data.name={d.get('name')!r}; ARImageTask trains on 'shapestyle'.")
+      raise ConfigError(f"data.name={d.get('name')!r}; ARImageTask trains on 'shapestyle'.")
     from stylejax.data import shapestyle as ss
     extra = {"heldout_prompts": float(d.heldout_prompts)} if d.get("heldout_prompts") else {}
     base = ss.ShapeStyleSource(split=split, image_size=d.image_size, seed=d.get("seed", 0),

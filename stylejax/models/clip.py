@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from stylejax.config import ConfigError
+
 # OpenAI CLIP pixel statistics (the `CLIPImageProcessor` defaults).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -127,7 +129,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 def _act(name: str) -> Callable[[jax.Array], jax.Array]:
   if name not in ACTIVATIONS:
-    raise ValueError(f"hidden_act {name!r} is not supported; use one of {sorted(ACTIVATIONS)}.")
+    raise ConfigError(f"hidden_act {name!r} is not supported; use one of {sorted(ACTIVATIONS)}.")
   return ACTIVATIONS[name]
 
 
@@ -166,7 +168,7 @@ class CLIPAttention(nn.Module):
     """x [B, T, D]; mask bool [B, 1, T, T] (True = attend) or None -> [B, T, D]."""
     d, h = self.hidden_size, self.num_heads
     if d % h:
-      raise ValueError(f"hidden_size {d} is not divisible by num_attention_heads {h}.")
+      raise ConfigError(f"hidden_size {d} is not divisible by num_attention_heads {h}.")
     in_std = d ** -0.5 * (2 * self.num_layers) ** -0.5 * self.factor  # HF CLIP init
     out_std = d ** -0.5 * self.factor
     proj = lambda name, std, names: _dense(d, names, std, name, self.dtype, self.param_dtype)
@@ -270,7 +272,7 @@ class CLIPVisionEmbeddings(nn.Module):
                        "resize with stylejax.models.clip.preprocess_images.")
     d, p, f = c.hidden_size, c.patch_size, c.initializer_factor
     if p % 2 ** len(c.conv_stem):
-      raise ValueError(f"patch_size {p} is not divisible by 2**{len(c.conv_stem)} (one stride 2 per conv_stem "
+      raise ConfigError(f"patch_size {p} is not divisible by 2**{len(c.conv_stem)} (one stride 2 per conv_stem "
                        "layer); use fewer stem layers or a larger patch.")
     x = pixels
     for i, width in enumerate(c.conv_stem):  # conv -> LayerNorm -> ReLU, stride 2 (Xiao et al. 2021)

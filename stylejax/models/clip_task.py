@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from stylejax.config import ConfigError
 from stylejax.data import shapestyle as ss
 from stylejax.data import text_tokenizer
 from stylejax.models import clip
@@ -149,7 +150,7 @@ class CaptionedShapeStyleSource:
                plain_fraction: float | None = None, content_caption_fraction: float = 0.25,
                hard_negatives: int = 0, random_style_fraction: float = 0.0):
     if not 0.0 <= content_caption_fraction <= 1.0:  # ShapeStyleSource checks random_style_fraction
-      raise ValueError(f"content_caption_fraction={content_caption_fraction}; use a value in [0, 1].")
+      raise ConfigError(f"content_caption_fraction={content_caption_fraction}; use a value in [0, 1].")
     self.images = ss.ShapeStyleSource(split=split, image_size=image_size, seed=seed, styles=styles,
                                       num_examples=num_examples, plain_fraction=plain_fraction,
                                       random_style_fraction=random_style_fraction,
@@ -158,7 +159,7 @@ class CaptionedShapeStyleSource:
     self.content_caption_fraction = float(content_caption_fraction)
     self.hard_negatives = int(hard_negatives)  # True -> 1
     if not 0 <= self.hard_negatives < len(ss.SHAPES):
-      raise ValueError(f"hard_negatives={hard_negatives}; use 0 to {len(ss.SHAPES) - 1} shape-swapped captions.")
+      raise ConfigError(f"hard_negatives={hard_negatives}; use 0 to {len(ss.SHAPES) - 1} shape-swapped captions.")
     self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
   def __len__(self) -> int:

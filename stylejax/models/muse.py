@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stylejax.config import ConfigError
 from stylejax.nn.adapters import AdapterBank, AdapterConfig, Site, bottleneck, layer_slice
 from stylejax.nn.attention import LORA_PROJS as ATTN_LORA_PROJS, MultiHeadAttention
 from stylejax.nn.mlp import MLP
@@ -95,13 +96,13 @@ class MuseConfig:
   def __post_init__(self):
     get_layout(self.layout)  # validates the name
     if self.width % self.heads:
-      raise ValueError(f"model.width={self.width} must be divisible by model.heads={self.heads}.")
+      raise ConfigError(f"model.width={self.width} must be divisible by model.heads={self.heads}.")
     if self.null_text not in ("learned", "zeros"):
-      raise ValueError(f"model.null_text={self.null_text!r}; use 'learned' or 'zeros'.")
+      raise ConfigError(f"model.null_text={self.null_text!r}; use 'learned' or 'zeros'.")
     if self.conv_blocks and math.isqrt(self.seq_len) ** 2 != self.seq_len:
-      raise ValueError(f"model.conv_blocks needs a square token grid; model.seq_len={self.seq_len} is not a square.")
+      raise ConfigError(f"model.conv_blocks needs a square token grid; model.seq_len={self.seq_len} is not a square.")
     if self.conv_text_adaln and (self.layout != "muse" or not self.conv_blocks):
-      raise ValueError("model.conv_text_adaln modulates the ConvNeXt stages by the pooled text: it needs "
+      raise ConfigError("model.conv_text_adaln modulates the ConvNeXt stages by the pooled text: it needs "
                        "model.layout='muse' and model.conv_blocks > 0.")
 
   @property
@@ -124,7 +125,7 @@ class MuseConfig:
   def null_label(self) -> int:
     """maskgit's null class id (a label in [0, num_classes]); its token is codebook_size + null_label."""
     if not self.null_class:
-      raise ValueError("this maskgit config has no null class (model.null_class=False); CFG needs one.")
+      raise ConfigError("this maskgit config has no null class (model.null_class=False); CFG needs one.")
     return self.num_classes
 
   @property
@@ -176,7 +177,7 @@ def register_layout(name: str, layout: Layout) -> None:
 
 def get_layout(name: str) -> Layout:
   if name not in LAYOUTS:
-    raise ValueError(f"model.layout={name!r}; use one of {sorted(LAYOUTS)}.")
+    raise ConfigError(f"model.layout={name!r}; use one of {sorted(LAYOUTS)}.")
   return LAYOUTS[name]
 
 
@@ -326,7 +327,7 @@ class MuseEmbed(_LayoutModule):
 
     if c.null_text == "learned":
       if c.text_len <= 0:
-        raise ValueError("model.null_text='learned' needs model.text_len > 0 (the text length).")
+        raise ConfigError("model.null_text='learned' needs model.text_len > 0 (the text length).")
       null = self.param("null_text", _named(_init(c), (None, "embed")), (c.text_len, c.text_dim), self.param_dtype)
     else:
       null = jnp.zeros((cond.shape[1] if cond is not None else max(c.text_len, 1), c.text_dim), self.param_dtype)
@@ -664,7 +665,7 @@ class MuseTask(Task):
       self._tokenizer = load_image_tokenizer(self.config.tokenizer)
       if self._tokenizer.seq_len != self.model_config.seq_len or \
          self._tokenizer.codebook_size != self.model_config.codebook_size:
-        raise ValueError(f"the tokenizer gives {self._tokenizer.seq_len} ids from {self._tokenizer.codebook_size} "
+        raise ConfigError(f"the tokenizer gives {self._tokenizer.seq_len} ids from {self._tokenizer.codebook_size} "
                          f"codes; set model.seq_len={self._tokenizer.seq_len} and "
                          f"model.codebook_size={self._tokenizer.codebook_size}.")
     return self._tokenizer
@@ -677,7 +678,7 @@ class MuseTask(Task):
       self._text = load_text_encoder(self.config.text_encoder)
       c = self.model_config
       if (self._text.dim, self._text.max_len) != (c.text_dim, c.text_len):
-        raise ValueError(f"the text encoder gives [T={self._text.max_len}, D={self._text.dim}] embeddings; "
+        raise ConfigError(f"the text encoder gives [T={self._text.max_len}, D={self._text.dim}] embeddings; "
                          f"set model.text_len={self._text.max_len} and model.text_dim={self._text.dim}.")
     return self._text
 
@@ -719,13 +720,13 @@ class MuseTask(Task):
       return _ShapeStyleCaptions(base, self.text_encoder.tokenize if c.layout != "maskgit" else None)
     if name == "image_captions":  # a small fine-tuning set (StyleDrop); text-conditioned only
       if c.layout == "maskgit":
-        raise ValueError("data.name='image_captions' needs a text-conditioned (muse) model.")
+        raise ConfigError("data.name='image_captions' needs a text-conditioned (muse) model.")
       from stylejax.data.finetune import ImageCaptionSource
       base = ImageCaptionSource(d.path, d.num_examples, d.get("seed", 0), d.get("augment", "flip,shift"),
                                 d.get("image_size"))
       return _ShapeStyleCaptions(base, self.text_encoder.tokenize)
     if name != "synthetic_tokens":
-      raise ValueError(f"data.name={name!r}; MuseTask knows 'synthetic_tokens', 'shapestyle' and 'image_captions'.")
+      raise ConfigError(f"data.name={name!r}; MuseTask knows 'synthetic_tokens', 'shapestyle' and 'image_captions'.")
     seed = d.get("seed", 0) + (0 if split == "train" else 1)
     num_classes = c.num_classes if c.layout == "maskgit" else d.get("num_classes", 10)
     text_dim = c.text_dim if c.layout != "maskgit" else 0

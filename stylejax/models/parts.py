@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from stylejax.config import ConfigError
 from stylejax.models.vqgan import VQGAN, VQGANTask
 
 
@@ -35,7 +36,7 @@ class ImageTokenizer:
 
   def __init__(self, task: VQGANTask, params: Any):
     if not isinstance(task, VQGANTask):
-      raise ValueError(f"the tokenizer part must be a VQGANTask run, got {type(task).__name__}.")
+      raise ConfigError(f"the tokenizer part must be a VQGANTask run, got {type(task).__name__}.")
     self.task, self.params = task, VQGANTask.vqgan_params(params)
     self.model: VQGAN = task.model
     self.image_size = int(task.config.data.image_size)
@@ -72,7 +73,7 @@ class TextEncoder:
   def __init__(self, task: Any, params: Any):
     from stylejax.models.clip import CLIPModel  # lazy: only text-conditioned models need CLIP
     if not isinstance(getattr(task, "model", None), CLIPModel):
-      raise ValueError(f"the text encoder part must be a CLIP run, got {type(task).__name__}.")
+      raise ConfigError(f"the text encoder part must be a CLIP run, got {type(task).__name__}.")
     self.task, self.params, self.tokenizer = task, params, task.tokenizer
     self.model: CLIPModel = task.model
     self.dim = int(self.model.config.text.hidden_size)
@@ -131,7 +132,7 @@ class ClipEmbedder:
     from stylejax.models import clip
     from stylejax.models.clip_task import to_unit_range
     if not isinstance(getattr(task, "model", None), clip.CLIPModel):
-      raise ValueError(f"the CLIP part must be a CLIP run, got {type(task).__name__}.")
+      raise ConfigError(f"the CLIP part must be a CLIP run, got {type(task).__name__}.")
     self.model, self.params, self.tokenizer = task.model, params, task.tokenizer
     size = self.model.config.vision.image_size
     unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)

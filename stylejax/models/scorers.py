@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stylejax import shipped
+from stylejax.config import ConfigError
 from stylejax.data import shapestyle as ss
 from stylejax.train.task import Task
 
@@ -217,7 +218,7 @@ class _TrainingStyles:
 
   def __init__(self, split: str, seed: int, random_fraction: float, include_plain: bool):
     if not 0.0 <= random_fraction <= 1.0:
-      raise ValueError(f"random_style_fraction={random_fraction}; use a value in [0, 1].")
+      raise ConfigError(f"random_style_fraction={random_fraction}; use a value in [0, 1].")
     self.random_fraction = random_fraction
     self.pool = list(ss.NAMED_STYLES) + ([ss.PLAIN_STYLE] if include_plain else [])
     self.seed, self.split_id = int(seed), _split_id(split)

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from stylejax.config import ConfigError
 from stylejax.train.task import Task
 
 Array = jax.Array
@@ -226,7 +227,7 @@ class VectorQuantizer(nn.Module):
 
   def setup(self):
     if self.kind not in ("euclidean", "cosine"):
-      raise ValueError(f"quantizer={self.kind!r}; use 'euclidean' or 'cosine'.")
+      raise ConfigError(f"quantizer={self.kind!r}; use 'euclidean' or 'cosine'.")
     init = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")  # MaskGIT's codebook init
     # Replicated by default (small; a sharded feature axis makes XLA re-gather it for every lookup).
     self.codebook = self.param("codebook", nn.with_logical_partitioning(init, ("codebook", None)),
@@ -306,7 +307,7 @@ class VQGAN(nn.Module):
   def setup(self):
     dec_mults = tuple(self.decoder_channel_multipliers or self.channel_multipliers)
     if len(dec_mults) != len(self.channel_multipliers):
-      raise ValueError(f"decoder_channel_multipliers {dec_mults} must have as many levels as channel_multipliers "
+      raise ConfigError(f"decoder_channel_multipliers {dec_mults} must have as many levels as channel_multipliers "
                        f"{tuple(self.channel_multipliers)} (the same downsampling factor).")
     stack = dict(filters=self.filters, maskgit_shortcut_quirk=self.maskgit_shortcut_quirk,
                  remat=self.remat, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -381,7 +382,7 @@ def reconstruction_loss(recon: Array, target: Array, kind: str = "l1", weight: A
   elif kind == "l2":
     err = (recon - target) ** 2
   else:
-    raise ValueError(f"recon_loss={kind!r}; use 'l1' or 'l2'.")
+    raise ConfigError(f"recon_loss={kind!r}; use 'l1' or 'l2'.")
   if weight is None:
     return jnp.mean(err)
   return jnp.mean(err * weight[..., None]) / jnp.mean(weight)
@@ -405,7 +406,7 @@ def perceptual_loss(feature_fn: FeatureFn, recon: Array, target: Array,
   real = list(real) if isinstance(real, (list, tuple)) else [real]
   weights = list(layer_weights) if layer_weights is not None else [1.0] * len(fake)
   if not len(fake) == len(real) == len(weights):
-    raise ValueError(f"perceptual features: {len(fake)} layers but {len(weights)} weights.")
+    raise ConfigError(f"perceptual features: {len(fake)} layers but {len(weights)} weights.")
   terms = [w * jnp.mean((a.astype(jnp.float32) - jax.lax.stop_gradient(b).astype(jnp.float32)) ** 2)
            for w, a, b in zip(weights, fake, real)]
   return sum(terms)
@@ -519,10 +520,10 @@ def _clip_perceptual_fn(spec: Any) -> FeatureFn:
   from stylejax.train.trainer import load_part  # lazy: avoids a models <-> train import cycle
   task, params = load_part(workdir=spec.get("workdir", ""), config=spec.get("config", ""))
   if not isinstance(getattr(task, "model", None), clip.CLIPModel):
-    raise ValueError(f"config.perceptual must name a CLIP run, got a {type(task).__name__} one.")
+    raise ConfigError(f"config.perceptual must name a CLIP run, got a {type(task).__name__} one.")
   layers, depth = tuple(spec.get("layers", (0, 1, 2))), task.model.config.vision.num_hidden_layers
   if not layers or any(not -depth - 1 <= i <= depth for i in layers):
-    raise ValueError(f"config.perceptual.layers={list(layers)}: the CLIP has hidden states 0..{depth}; pick from them.")
+    raise ConfigError(f"config.perceptual.layers={list(layers)}: the CLIP has hidden states 0..{depth}; pick from them.")
   return clip.perceptual_features(task.model, params, layers)
 
 
@@ -574,7 +575,7 @@ class VQGANTask(Task):
     # Loaded on the first loss, so a trained run used as a frozen tokenizer never loads its CLIP.
     self._perceptual_spec = spec if (spec.get("workdir") or spec.get("config")) else None
     if self.perceptual_weight > 0 and perceptual_fn is None and self._perceptual_spec is None:
-      raise ValueError("model.perceptual_weight > 0 needs a feature extractor: set config.perceptual.workdir to a "
+      raise ConfigError("model.perceptual_weight > 0 needs a feature extractor: set config.perceptual.workdir to a "
                        "CLIP run (e.g. shapestyle:clip_style), or VQGANTask(config, perceptual_fn=fn).")
     self.perceptual_fn = perceptual_fn
     self.perceptual_layer_weights = perceptual_layer_weights
@@ -613,7 +614,7 @@ class VQGANTask(Task):
       recon, aux = self.model.apply({"params": self.vqgan_params(params)}, images, train=True)
     fg = float(m.get("foreground_weight", 0.0))
     if fg > 0 and "mask" not in batch:
-      raise ValueError("model.foreground_weight > 0 needs a data source with a foreground 'mask' "
+      raise ConfigError("model.foreground_weight > 0 needs a data source with a foreground 'mask' "
                        "(config.data.name='shapestyle'); set it to 0 for other data.")
     weight = 1.0 + fg * batch["mask"].astype(jnp.float32) if fg > 0 else None
     rec = reconstruction_loss(recon, images, m.get("recon_loss", "l1"), weight)
@@ -670,11 +671,11 @@ class VQGANTask(Task):
       try:
         shapestyle = importlib.import_module("stylejax.data.shapestyle")  # lazy: only this branch needs it
       except ImportError as e:
-        raise ValueError(f"config.data.name='shapestyle' but stylejax.data.shapestyle cannot be imported ({e}); "
+        raise ConfigError(f"config.data.name='shapestyle' but stylejax.data.shapestyle cannot be imported ({e}); "
                          f"install the package fully or use config.data.name='procedural'.") from None
       # ShapeStyle keeps train and test on disjoint RNG streams itself, so it gets the base seed.
       return _ImageAdapter(shapestyle.ShapeStyleSource(
           split=split, image_size=d.image_size, seed=int(d.get("seed", 0)), num_examples=d.num_examples,
           styles=d.get("styles", "named+plain"), image_dtype="float32",
           random_style_fraction=d.get("random_style_fraction", 0.0), random_style_stream=_TRAIN_STYLE_STREAM))
-    raise ValueError(f"config.data.name={name!r}; use 'procedural' or 'shapestyle'.")
+    raise ConfigError(f"config.data.name={name!r}; use 'procedural' or 'shapestyle'.")

@@ -38,6 +38,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from stylejax.config import ConfigError
+
 ADAPTER_KINDS = ("none", "styledrop", "lora")
 ADAPTER_MODES = ("per_layer", "shared")
 # Per-layer weights handed to a block: {module: {proj: (first [*in, r], second [r, *out])}}.
@@ -87,11 +89,11 @@ class AdapterConfig:
 
   def __post_init__(self):
     if self.kind not in ADAPTER_KINDS:
-      raise ValueError(f"adapters.kind={self.kind!r}; use one of {ADAPTER_KINDS}.")
+      raise ConfigError(f"adapters.kind={self.kind!r}; use one of {ADAPTER_KINDS}.")
     if self.mode not in ADAPTER_MODES:
-      raise ValueError(f"adapters.mode={self.mode!r}; use one of {ADAPTER_MODES}.")
+      raise ConfigError(f"adapters.mode={self.mode!r}; use one of {ADAPTER_MODES}.")
     if self.enabled and self.rank <= 0:
-      raise ValueError(f"adapters.rank must be positive, got {self.rank}.")
+      raise ConfigError(f"adapters.rank must be positive, got {self.rank}.")
 
   @property
   def enabled(self) -> bool:
@@ -108,7 +110,7 @@ class AdapterConfig:
     ids = tuple(sorted(set(int(i) for i in self.layers)))
     bad = [i for i in ids if not 0 <= i < depth]
     if bad or not ids:
-      raise ValueError(f"adapters.layers={list(self.layers)} must be non-empty indices in [0, {depth}).")
+      raise ConfigError(f"adapters.layers={list(self.layers)} must be non-empty indices in [0, {depth}).")
     return ids
 
   def select_sites(self, sites: Sequence[Site]) -> tuple[Site, ...]:
@@ -123,7 +125,7 @@ class AdapterConfig:
     unknown = [t for t in targets if not any(t in names(s) for s in sites)]
     if unknown:
       valid = sorted({n for s in sites for n in names(s)})
-      raise ValueError(f"adapters.targets {unknown} match no {self.kind} site; valid: {valid}.")
+      raise ConfigError(f"adapters.targets {unknown} match no {self.kind} site; valid: {valid}.")
     return tuple(s for s in sites if any(t in names(s) for t in targets))
 
   @classmethod
@@ -136,12 +138,12 @@ class AdapterConfig:
     d = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
     unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
-      raise ValueError(f"unknown adapters config keys {sorted(unknown)}; valid: "
+      raise ConfigError(f"unknown adapters config keys {sorted(unknown)}; valid: "
                        f"{sorted(f.name for f in dataclasses.fields(cls))}.")
     layers = d.get("layers")
     if isinstance(layers, str):
       if layers != "all":
-        raise ValueError(f"adapters.layers={layers!r}; use 'all' or a list of layer indices.")
+        raise ConfigError(f"adapters.layers={layers!r}; use 'all' or a list of layer indices.")
       layers = None
     d["layers"] = None if layers is None else tuple(int(i) for i in layers)
     targets = d.get("targets")

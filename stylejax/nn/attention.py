@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from stylejax.config import ConfigError
 from stylejax.nn.adapters import lora_delta
 
 DEFAULT_INIT = nn.initializers.truncated_normal(0.02)  # BERT / MaskGIT init
@@ -80,7 +81,7 @@ class MultiHeadAttention(nn.Module):
     lora = lora or {}
     unknown = set(lora) - set(LORA_PROJS)
     if unknown:
-      raise ValueError(f"LoRA targets {sorted(unknown)} are not attention projections {LORA_PROJS}.")
+      raise ConfigError(f"LoRA targets {sorted(unknown)} are not attention projections {LORA_PROJS}.")
     context = x if context is None else context
     width = x.shape[-1]
     head_dim = self.head_dim or width // self.num_heads

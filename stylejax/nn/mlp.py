@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from stylejax.config import ConfigError
 from stylejax.nn.adapters import lora_delta
 
 DEFAULT_INIT = nn.initializers.truncated_normal(0.02)
@@ -40,9 +41,9 @@ class MLP(nn.Module):
     """lora: optional {"in"|"gate"|"out": (A, B)} low-rank updates for this layer."""
     lora = lora or {}
     if set(lora) - set(LORA_PROJS):
-      raise ValueError(f"LoRA targets {sorted(set(lora) - set(LORA_PROJS))} are not MLP projections {LORA_PROJS}.")
+      raise ConfigError(f"LoRA targets {sorted(set(lora) - set(LORA_PROJS))} are not MLP projections {LORA_PROJS}.")
     if self.activation not in ACTIVATIONS:
-      raise ValueError(f"MLP activation {self.activation!r}; use one of {sorted(ACTIVATIONS)}.")
+      raise ConfigError(f"MLP activation {self.activation!r}; use one of {sorted(ACTIVATIONS)}.")
     act = ACTIVATIONS[self.activation]
     named = nn.with_logical_partitioning
 

@@ -16,11 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stylejax.config import ConfigError
+
 
 def inverse_frequencies(dim: int, theta: float) -> jax.Array:
   """[dim // 2] inverse frequencies `theta ** (-2i / dim)` (Su et al. 2021)."""
   if dim % 2:
-    raise ValueError(f"RoPE needs an even number of dims; got {dim}.")
+    raise ConfigError(f"RoPE needs an even number of dims; got {dim}.")
   return 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
 
 
@@ -38,7 +40,7 @@ def rope_tables_2d(positions: jax.Array, head_dim: int, theta: float = 10000.0) 
   1D frequencies of a D/2-dim rope (LlamaGen `precompute_freqs_cis_2d`).
   """
   if head_dim % 4:
-    raise ValueError(f"2D RoPE needs head_dim divisible by 4; got {head_dim}.")
+    raise ConfigError(f"2D RoPE needs head_dim divisible by 4; got {head_dim}.")
   if positions.shape[-1] != 2:
     raise ValueError(f"2D RoPE positions must be [..., 2] (row, col); got shape {positions.shape}.")
   inv = inverse_frequencies(head_dim // 2, theta)  # [D/4]
@@ -58,7 +60,7 @@ def rope_tables(positions: jax.Array, head_dim: int, theta: float, kind: str) ->
     if positions.ndim != 3:
       raise ValueError(f"2D RoPE positions must be [B, L, 2]; got shape {positions.shape}.")
     return rope_tables_2d(positions, head_dim, theta)
-  raise ValueError(f"unknown rope kind {kind!r}; use '1d' or '2d'.")
+  raise ConfigError(f"unknown rope kind {kind!r}; use '1d' or '2d'.")
 
 
 def rotate_half(x: jax.Array) -> jax.Array:

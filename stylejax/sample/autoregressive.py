@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stylejax.config import ConfigError
 from stylejax.models.ar import DecoderLM, init_cache
 
 Array = jax.Array
@@ -367,7 +368,7 @@ def _generate_args(model: DecoderLM, params: Any, prompt: Prompt, rng: Array, nu
                    logit_bias: Array | None, image_offset: int) -> tuple[tuple, dict]:
   """Validates and packs `generate`'s inputs as (args, static kwargs) of `_generate`."""
   if model.rope == "2d" and (model.grid[0] <= 0 or model.grid[1] <= 0):
-    raise ValueError("rope='2d' sampling needs model.grid = (rows, cols).")
+    raise ConfigError("rope='2d' sampling needs model.grid = (rows, cols).")
   if step_vocab_mask is not None and step_vocab_mask.shape[0] != num_steps:
     raise ValueError(f"step_vocab_mask must be [num_steps={num_steps}, V]; got {step_vocab_mask.shape}.")
   stream = _normalise(prompt)

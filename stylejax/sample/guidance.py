@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from stylejax.config import ConfigError
+
 FORMS = ("muse", "diffusers")
 
 
@@ -28,7 +30,7 @@ def cfg(cond: jax.Array, uncond: jax.Array, scale: jax.typing.ArrayLike, form: s
     return (1.0 + scale) * cond - scale * uncond
   if form == "diffusers":
     return uncond + scale * (cond - uncond)
-  raise ValueError(f"Unknown guidance form {form!r}; use one of {FORMS}.")
+  raise ConfigError(f"Unknown guidance form {form!r}; use one of {FORMS}.")
 
 
 def ramped_scale(scale: jax.typing.ArrayLike, step: jax.typing.ArrayLike, num_steps: int,
@@ -41,12 +43,12 @@ def ramped_scale(scale: jax.typing.ArrayLike, step: jax.typing.ArrayLike, num_st
   1 + (scale - 1) * (k + 1) / T, so both forms describe the same guided logits.
   """
   if form not in FORMS:
-    raise ValueError(f"Unknown guidance form {form!r}; use one of {FORMS}.")
+    raise ConfigError(f"Unknown guidance form {form!r}; use one of {FORMS}.")
   scale = jnp.asarray(scale, jnp.float32)
   if ramp == "constant":
     return scale
   if ramp != "linear":
-    raise ValueError(f"Unknown guidance ramp {ramp!r}; use 'constant' or 'linear'.")
+    raise ConfigError(f"Unknown guidance ramp {ramp!r}; use 'constant' or 'linear'.")
   frac = (jnp.asarray(step, jnp.float32) + 1.0) / num_steps
   if form == "muse":
     return scale * frac

@@ -14,6 +14,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from stylejax.config import ConfigError
+
 SCHEDULES = ("cosine", "linear", "uniform", "powK", "log", "exp")
 RATE_METHODS = ("cosine", "arccos", "uniform")  # plus any schedule name (see sample_mask_rate)
 
@@ -28,7 +30,7 @@ def check_method(method: str) -> None:
         return
     except ValueError:
       pass
-  raise ValueError(f"Unknown mask schedule {method!r}; use one of cosine, linear, powK (e.g. pow2), log, exp.")
+  raise ConfigError(f"Unknown mask schedule {method!r}; use one of cosine, linear, powK (e.g. pow2), log, exp.")
 
 
 def schedule(ratio: jax.typing.ArrayLike, method: str = "cosine",
@@ -78,7 +80,7 @@ def sample_mask_rate(rng: jax.Array, shape: tuple[int, ...] = (), method: str = 
     any other schedule name (e.g. "pow2", "linear"): schedule(u), clipped like "cosine".
   """
   if not 0.0 <= min_rate <= 1.0:
-    raise ValueError(f"min_rate must be in [0, 1], got {min_rate}.")
+    raise ConfigError(f"min_rate must be in [0, 1], got {min_rate}.")
   if method == "arccos":
     # CDF of the arccos density is 1 - (2/pi) arccos(r); its inverse maps u to cos(pi/2 u).
     # Truncating to r >= min_rate means u < (2/pi) arccos(min_rate).

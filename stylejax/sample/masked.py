@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from stylejax.config import ConfigError
 from stylejax.models.muse import MaskedTransformer, split_adapters, with_adapters
 from stylejax.sample import guidance as gd
 from stylejax.sample import parallel_decode
@@ -62,7 +63,7 @@ class Guidance:
 
   def __post_init__(self):
     if self.mode not in MODES:
-      raise ValueError(f"guidance mode {self.mode!r}; use one of {MODES}.")
+      raise ConfigError(f"guidance mode {self.mode!r}; use one of {MODES}.")
     gd.ramped_scale(0.0, 0, 1, self.ramp, self.form)  # validates form and ramp
 
 
@@ -151,7 +152,7 @@ def sample(model: MaskedTransformer, params: Any, cond: Any, rng: jax.Array, *,
   defaults = {"scale": 3.0, "lambda_a": 2.0, "lambda_b": 5.0, "gamma": 0.5}
   unknown = set(scales or {}) - set(SCALE_NAMES)
   if unknown:
-    raise ValueError(f"unknown guidance scales {sorted(unknown)}; use {SCALE_NAMES}.")
+    raise ConfigError(f"unknown guidance scales {sorted(unknown)}; use {SCALE_NAMES}.")
   scales = {k: jnp.asarray(v, jnp.float32) for k, v in {**defaults, **(scales or {})}.items()}
   args = dict(base=base, style=style, content=content_adapters if guidance.mode == "mix" else None,
               cond=cond, cond_mask=cond_mask, uncond=uncond if guidance.negative else None,

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from stylejax.config import ConfigError
 from stylejax.sample import mask_schedule
 
 # logits_fn(fn_args, ids [B, L] int32, step scalar int32) -> logits [B, L, V]
@@ -74,12 +75,12 @@ class DecodeConfig:
     }
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:
-        raise ValueError(f"DecodeConfig.{name}={getattr(self, name)!r}; use one of {allowed}.")
+        raise ConfigError(f"DecodeConfig.{name}={getattr(self, name)!r}; use one of {allowed}.")
     if self.num_steps < 1 or not 0 <= self.start_step < self.num_steps:
-      raise ValueError(f"Need num_steps >= 1 and 0 <= start_step < num_steps, got "
+      raise ConfigError(f"Need num_steps >= 1 and 0 <= start_step < num_steps, got "
                        f"num_steps={self.num_steps}, start_step={self.start_step}.")
     if self.temperature < 0 or self.choice_temperature < 0:
-      raise ValueError("temperature and choice_temperature must be >= 0.")
+      raise ConfigError("temperature and choice_temperature must be >= 0.")
 
 
 def choice_temperature(step: jax.typing.ArrayLike, config: DecodeConfig) -> jax.Array:

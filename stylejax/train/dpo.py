@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stylejax.config import ConfigError
+
 Array = jax.Array
 
 
@@ -48,9 +50,9 @@ def dpo_loss(chosen_logps: Array, rejected_logps: Array, ref_chosen_logps: Array
   "rejected_reward", "chosen_nll"}).
   """
   if beta <= 0:
-    raise ValueError(f"DPO beta must be > 0; got {beta}.")
+    raise ConfigError(f"DPO beta must be > 0; got {beta}.")
   if not 0.0 <= label_smoothing < 0.5:
-    raise ValueError(f"DPO label_smoothing must be in [0, 0.5); got {label_smoothing}.")
+    raise ConfigError(f"DPO label_smoothing must be in [0, 0.5); got {label_smoothing}.")
   sg = jax.lax.stop_gradient
   chosen_r = beta * (chosen_logps.astype(jnp.float32) - sg(ref_chosen_logps).astype(jnp.float32))
   rejected_r = beta * (rejected_logps.astype(jnp.float32) - sg(ref_rejected_logps).astype(jnp.float32))

@@ -10,6 +10,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from stylejax.config import ConfigError
+
 MASK_RATE_METHODS = ("cosine", "arccos", "uniform")
 
 
@@ -23,7 +25,7 @@ def sample_mask_rate(rng: jax.Array, shape: tuple[int, ...] = (), method: str = 
   "uniform": U[min_rate, 1).
   """
   if not 0.0 <= min_rate <= 1.0:
-    raise ValueError(f"min_mask_rate must be in [0, 1], got {min_rate}.")
+    raise ConfigError(f"min_mask_rate must be in [0, 1], got {min_rate}.")
   if method == "cosine":
     u = jax.random.uniform(rng, shape, jnp.float32)
     return jnp.maximum(jnp.cos(0.5 * math.pi * u), min_rate)
@@ -33,7 +35,7 @@ def sample_mask_rate(rng: jax.Array, shape: tuple[int, ...] = (), method: str = 
     return jnp.clip(jnp.cos(0.5 * math.pi * u), min_rate, 1.0)
   if method == "uniform":
     return jax.random.uniform(rng, shape, jnp.float32, min_rate, 1.0)
-  raise ValueError(f"mask_schedule={method!r}; use one of {MASK_RATE_METHODS}.")
+  raise ConfigError(f"mask_schedule={method!r}; use one of {MASK_RATE_METHODS}.")
 
 
 def random_mask(rng: jax.Array, shape: tuple[int, int], rate: jax.Array) -> jax.Array:

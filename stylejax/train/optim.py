@@ -13,6 +13,8 @@ import jax
 import ml_collections
 import optax
 
+from stylejax.config import ConfigError
+
 
 def path_str(path) -> str:
   return "/".join(str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))) for p in path)
@@ -46,7 +48,7 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> 
   elif opt.schedule == "constant":
     decay = optax.constant_schedule(lr)
   else:
-    raise ValueError(f"optimizer.schedule={opt.schedule!r}; use cosine, linear, rsqrt or constant.")
+    raise ConfigError(f"optimizer.schedule={opt.schedule!r}; use cosine, linear, rsqrt or constant.")
   if warmup <= 0:
     return decay
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
@@ -71,10 +73,10 @@ def make_optimizer(opt: ml_collections.ConfigDict, params: Any, total_steps: int
   elif opt.name == "sgd":
     chain.append(optax.sgd(schedule, momentum=opt.b1 or None))
   else:
-    raise ValueError(f"optimizer.name={opt.name!r}; use adamw, adam or sgd.")
+    raise ConfigError(f"optimizer.name={opt.name!r}; use adamw, adam or sgd.")
   mask = trainable_mask(params, opt)
   if not any(jax.tree.leaves(mask)):
-    raise ValueError("optimizer.freeze/trainable leave no trainable params; loosen the regexes.")
+    raise ConfigError("optimizer.freeze/trainable leave no trainable params; loosen the regexes.")
   labels = jax.tree.map(lambda m: "train" if m else "freeze", mask)
   tx = optax.multi_transform({"train": optax.chain(*chain), "freeze": optax.set_to_zero()}, labels)
   return tx, mask, schedule

@@ -15,6 +15,8 @@ from typing import Any, Mapping, Protocol
 import jax
 import ml_collections
 
+from stylejax.config import ConfigError
+
 Params = Any  # a pytree; leaves may be boxed with `nn.Partitioned` (logical axis names)
 Batch = Mapping[str, jax.Array]
 
@@ -71,11 +73,11 @@ def import_object(path: str, what: str = "config.task") -> Any:
   """"package.module:Name" -> the object."""
   module_name, _, attr = path.partition(":")
   if not attr:
-    raise ValueError(f"{what}={path!r} must look like 'package.module:Name'.")
+    raise ConfigError(f"{what}={path!r} must look like 'package.module:Name'.")
   try:
     return getattr(importlib.import_module(module_name), attr)
   except (ImportError, AttributeError) as e:
-    raise ValueError(f"{what}={path!r} cannot be imported ({e}); check the config.") from e
+    raise ConfigError(f"{what}={path!r} cannot be imported ({e}); check the config.") from e
 
 
 def load_task(config: ml_collections.ConfigDict) -> Task:

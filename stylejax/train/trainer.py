@@ -76,9 +76,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax
   """
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config_lib.to_json(config))
   latest = ckpt_lib.latest_step(os.path.join(workdir, "checkpoints"))
   # a resumed run restores into the state's shapes and shardings: nothing to initialise first
   mesh, task, tx, mask, schedule, state, shardings = build(config, devices, abstract=latest is not None)
@@ -107,6 +104,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax
     t0 = time.perf_counter()
     compiled = step_lib.jit_train_step(task, tx, mask, config, shardings, mesh).lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
+    if is_main:  # only a config that built, fed and compiled replaces the workdir's record
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config_lib.to_json(config))
     flops_per_step = _flops_per_step(task, config, compiled)
     peak = metrics_writer.peak_flops_per_device()
     writer = metrics_writer.MetricsWriter(workdir, enabled=is_main)
