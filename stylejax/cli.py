@@ -19,7 +19,7 @@ COMMANDS = {
     "sample": "generate images from a trained workdir or an embedded model",
     "eval": "compute the metrics JSON of a workdir",
     "demo": "StyleDrop on the embedded ShapeStyle world: grid.png, metrics.json, report.html",
-    "convert": "convert published weights (diffusers, transformers, maskgit) into a workdir",
+    "convert": "not available yet: will convert published weights (diffusers, transformers, maskgit) into a workdir",
 }
 
 USAGE = "usage: stylejax {" + ",".join(COMMANDS) + "} [flags]\n\ncommands:\n" + "\n".join(
