@@ -175,5 +175,9 @@ def test_runlocal_training_and_pipeline_images(base_run):
     pipe.generate(["two red stars"], style_images=a[0])
   with pytest.raises(ar_t2i.PipelineError, match="empty"):
     pipe.generate(["  "])
+  np.testing.assert_array_equal(pipe.generate("one blue circle", seed=3),  # a bare string is one prompt
+                                pipe.generate(["one blue circle"], seed=3))
+  with pytest.raises(ar_t2i.PipelineError, match="no prompts"):
+    pipe.generate([])
   with pytest.raises(ar_t2i.PipelineError, match="unknown sampling"):
     pipe.generate(["two red stars"], guidance=2.0)

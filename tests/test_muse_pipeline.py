@@ -59,6 +59,11 @@ def test_pipeline_generates_reproducible_images(runs):
     ids = pipe.generate_ids([prompt, prompt], num=2, seed=4)  # same batch size: no new compile
     assert ids.shape == (4, pipe.model.config.seq_len) and ids.max() < pipe.model.config.codebook_size
     assert not np.array_equal(ids[0], ids[1])  # per-row randomness
+    one = pipe.generate(prompt, seed=3)  # a bare string is one prompt, not a list of characters
+    assert one.shape == (1, 32, 32, 3)
+    np.testing.assert_array_equal(one, pipe.generate([prompt], seed=3))
+  with pytest.raises(PipelineError, match="no prompts"):
+    pipe.generate([])
   maskgit = MusePipeline.load(runs["maskgit"])
   assert maskgit._class_id("two red stars") == maskgit._class_id(str(maskgit._class_id("two red stars")))
   for bad in ("", "purple nonsense words", "999"):

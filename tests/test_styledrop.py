@@ -2,6 +2,7 @@
 file, sampling, eval, the demo's outputs, resuming, and bad inputs."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -318,3 +319,12 @@ def test_readme_notebook_example_runs_as_written(clip_run):
   assert namespace["again"].workdir == sd.workdir == workdir and sd.descriptor == "watercolor"
   np.testing.assert_array_equal(namespace["again"].generate(["two red stars"], num=2, seed=0),
                                 sd.generate(["two red stars"], num=2, seed=0))
+  np.testing.assert_array_equal(sd.generate("two red stars", seed=0), sd.generate(["two red stars"], seed=0))
+
+
+def test_tune_rejects_arrays_that_are_not_one_rgb_image(base, tmp_path):
+  for bad, needle in ((np.full((32, 32, 3), 200.0), "not in [0, 1]"), (np.zeros((32, 32)), "RGB image"),
+                      (np.zeros((2, 32, 32, 3), np.uint8), "one style image")):
+    with pytest.raises(ValueError, match=re.escape(needle)):
+      styledrop.tune(base, bad, "watercolor", workdir=str(tmp_path / "sd"), config=RUNLOCAL, progress=False)
+    assert not (tmp_path / "sd").exists()  # rejected before anything is written

@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from stylejax.data import shapestyle as ss
+from stylejax.models.pipeline_io import as_images, check_prompts
 from stylejax.sample import best_of
 
 TEMPLATE = "{content} in {descriptor} style"  # StyleDrop's training/sampling prompt template
@@ -211,7 +212,7 @@ class StyleDrop:
       content_adapters = content_style.pipe.params["adapters"]
     draw = lambda p, k: self.pipe.generate([with_descriptor(x, self.descriptor) for x in p], k, seed,
                                            content_adapters=content_adapters, **kw)
-    images = best_of.generate(draw, list(prompts), num, n, clip, rank)
+    images = best_of.generate(draw, check_prompts(prompts), num, n, clip, rank)
     if pil:
       from PIL import Image
       return [Image.fromarray(x) for x in images]
@@ -400,11 +401,12 @@ def tune(base: str, image: Any, descriptor: str, content: str = "", rounds: int 
   if hasattr(image, "convert"):  # a PIL image
     image = np.asarray(image.convert("RGB"))
   if isinstance(image, np.ndarray):
-    arr = np.asarray(image)
-    arr = np.round(arr * 255).astype(np.uint8) if arr.dtype != np.uint8 else arr
+    arr = as_images(image, "style image")
+    if len(arr) != 1:
+      raise StyleDropError(f"StyleDrop tunes on one style image; got a batch of {len(arr)}.")
     os.makedirs(workdir, exist_ok=True)
     image = os.path.join(workdir, "input.png")
-    save_png(arr, image)
+    save_png(arr[0], image)
   c = config_lib.load_config(config)
   c.unlock()
   c.styledrop.update(base=base, style_image=image or "", descriptor=descriptor, content=content,

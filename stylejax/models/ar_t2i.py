@@ -42,6 +42,7 @@ import numpy as np
 
 from stylejax.config import ConfigError
 from stylejax.models import ar
+from stylejax.models.pipeline_io import PipelineError, as_images, check_prompts
 from stylejax.nn import rope as rope_lib
 from stylejax.nn.resampler import PerceiverResampler
 from stylejax.sample import autoregressive as ar_sample, best_of as best_of_lib
@@ -55,7 +56,6 @@ UNCOND_KINDS = ("image_only", "null_prefix")
 _TASK_MODEL_KEYS = ("codebook_size", "seq_len", "text_dim", "text_len", "vocab_multiple")
 # kinds of context positions (static per config)
 _K_BOI, _K_STYLE, _K_STRUCT = 0, 1, 2
-MAX_PROMPT_CHARS = 1000
 SAMPLE_DEFAULTS = dict(
     cfg_scale=4.0,  # StyleAR inference default (LlamaGen demo also 4.0)
     temperature=1.0, top_k=0, top_p=1.0,
@@ -65,10 +65,6 @@ SAMPLE_DEFAULTS = dict(
     # style-only context (text and structure dropped, style tokens kept; train it with cond.text_dropout),
     # l_img + style_scale (l_style - l_img) + cfg_scale (l_cond - l_style); style_scale = cfg_scale is StyleAR's.
     style_scale=None)
-
-
-class PipelineError(ValueError):
-  """Bad input to an AR image pipeline; the message says what to fix (the CLI prints it as one line)."""
 
 
 def style_scale_of(value: Any) -> float | None:
@@ -448,23 +444,6 @@ class CaptionedImages:
 # ----------------------------------------------------------------------------------------- sampling
 
 
-def as_images(x: Any, what: str, count: int | None = None) -> np.ndarray:
-  """One image [H, W, 3] or a batch [N, H, W, 3], uint8 or float in [0, 1] -> uint8 [N, H, W, 3]."""
-  a = np.asarray(x)
-  if a.ndim == 3:
-    a = a[None]
-  if a.ndim != 4 or a.shape[-1] != 3 or min(a.shape[1:3]) < 1:
-    raise PipelineError(f"the {what} must be an RGB image [H, W, 3] (or a batch [N, H, W, 3]); got shape {a.shape}.")
-  if a.dtype != np.uint8:
-    a = a.astype(np.float32)
-    if not np.all(np.isfinite(a)) or a.min() < -1e-3 or a.max() > 1 + 1e-3:
-      raise PipelineError(f"the {what} is float but not in [0, 1]; pass uint8 [0, 255] or float [0, 1] pixels.")
-    a = np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)
-  if count is not None and len(a) not in (1, count):
-    raise PipelineError(f"got {len(a)} {what}s for {count} rows; pass one, or one per row.")
-  return a if count is None or len(a) == count else np.repeat(a, count, axis=0)
-
-
 def structure_masks(x: Any, count: int) -> np.ndarray:
   """Structure input -> float masks [count, H, W] in [0, 1]: a mask [H, W] / [N, H, W] ({0, 1}, bool
   or [0, 1]) or an image [H, W, 3] / [N, H, W, 3] (luminance; white = shape). One, or one per row."""
@@ -546,19 +525,6 @@ class ARImagePipeline:
                                "style_scale")}
     return settings, style
 
-  def _check_prompts(self, prompts: Sequence[str]) -> list[str]:
-    out = []
-    for p in prompts:
-      p = str(p)
-      if not p.strip():
-        raise PipelineError("the prompt is empty; describe what to draw, e.g. 'two red stars'.")
-      if len(p) > MAX_PROMPT_CHARS:
-        raise PipelineError(f"the prompt has {len(p)} characters; keep it under {MAX_PROMPT_CHARS}.")
-      out.append(p)
-    if not out:
-      raise PipelineError("no prompts given.")
-    return out
-
   def default_structure(self, prompts: Sequence[str], seeds: Sequence[int]) -> np.ndarray:
     """Default structure: the shape mask of each prompt's ShapeStyle content, laid out by its seed."""
     from stylejax.data import shapestyle as ss
@@ -578,7 +544,7 @@ class ARImagePipeline:
     H, W, 3], content_images (content subtraction), structure_images (masks [B, S, S] or images;
     >0.5 luminance is shape). Returns ids [B, L]."""
     task = self.task
-    prompts = self._check_prompts(prompts)
+    prompts = [str(p) for p in check_prompts(prompts)]
     b = len(prompts)
     settings, style_cfg = self.settings(**overrides)
     params = self.params if params is None else params
@@ -624,7 +590,7 @@ class ARImagePipeline:
     images (style/content/structure) are one for all or one per prompt."""
     if num < 1:
       raise PipelineError(f"num={num}; ask for at least one image.")
-    prompts = self._check_prompts(prompts)
+    prompts = [str(p) for p in check_prompts(prompts)]
     rows = [p for p in prompts for _ in range(num)]
     per_row = lambda x, what: None if x is None else np.repeat(as_images(x, what, len(prompts)), num, axis=0)
     base = jax.random.key(seed)
@@ -643,5 +609,5 @@ class ARImagePipeline:
     best_of_rank: "cosine" or "contrastive");
     other keyword arguments as in `generate_ids`."""
     draw = lambda p, k: self.task.image_tokenizer.decode(self.generate_ids(p, k, seed, **kw))
-    return best_of_lib.generate(draw, prompts, num, best_of, best_of_clip or self.config.get("text_encoder"),
+    return best_of_lib.generate(draw, check_prompts(prompts), num, best_of, best_of_clip or self.config.get("text_encoder"),
                                 best_of_rank)

@@ -19,16 +19,12 @@ import numpy as np
 
 from stylejax.models.muse import MaskedTransformer, MuseTask, content_class
 from stylejax.models.parts import ImageTokenizer, TextEncoder
+from stylejax.models.pipeline_io import PipelineError, check_prompts
 from stylejax.sample import best_of as best_of_lib, masked
 from stylejax.sample.parallel_decode import DecodeConfig
 
-MAX_PROMPT_CHARS = 1000
 _DECODE_FIELDS = {f.name for f in dataclasses.fields(DecodeConfig)} - {"mask_id"}
 _GUIDANCE_FIELDS = {f.name for f in dataclasses.fields(masked.Guidance)}
-
-
-class PipelineError(ValueError):
-  """A pipeline cannot be built or called with this input; the message says how to fix it."""
 
 
 @dataclasses.dataclass
@@ -79,11 +75,7 @@ class MusePipeline:
 
   def condition(self, prompts: Sequence[str | int]) -> tuple[np.ndarray, np.ndarray | None]:
     """Prompts -> (cond, cond_mask): text embeddings [B, T, D] + mask [B, T], or class ids [B]."""
-    for p in prompts:
-      if isinstance(p, str) and not p.strip():
-        raise PipelineError("the prompt is empty; describe what to draw, e.g. 'two red stars'.")
-      if isinstance(p, str) and len(p) > MAX_PROMPT_CHARS:
-        raise PipelineError(f"the prompt has {len(p)} characters; keep it under {MAX_PROMPT_CHARS}.")
+    prompts = check_prompts(prompts)
     if self.text_conditioned:
       return self.text([str(p) for p in prompts])
     return np.asarray([self._class_id(p) for p in prompts], np.int32), None
@@ -110,7 +102,7 @@ class MusePipeline:
     if num < 1:
       raise PipelineError(f"num={num}; ask for at least one image.")
     decode, guidance, scales = self.settings(**overrides)
-    prompts = [p for p in prompts for _ in range(num)]
+    prompts = [p for p in check_prompts(prompts) for _ in range(num)]
     cond, cond_mask = self.condition(prompts)
     uncond = uncond_mask = None
     if negative_prompt is not None:
@@ -130,5 +122,5 @@ class MusePipeline:
     best_of_rank: "cosine" or "contrastive");
     other keyword arguments as in `generate_ids`."""
     draw = lambda p, k: self.tokenizer.decode(self.generate_ids(p, k, seed, **kw))
-    return best_of_lib.generate(draw, prompts, num, best_of, best_of_clip or self.config.get("text_encoder"),
+    return best_of_lib.generate(draw, check_prompts(prompts), num, best_of, best_of_clip or self.config.get("text_encoder"),
                                 best_of_rank)
