@@ -226,6 +226,10 @@ def test_generate_evaluate_and_dpo_pairs(run, tmp_path):
   assert images.shape == (4, 32, 32, 3) and images.dtype == np.uint8
   np.testing.assert_array_equal(images, stylear.generate(pipe, ["two red stars", "one blue circle"], ref / 255.0,
                                                          num=2, seed=1))
+  from PIL import Image
+  rgba = Image.fromarray(np.dstack([ref, np.full(ref.shape[:2], 255, np.uint8)]), "RGBA")  # as Image.open gives
+  np.testing.assert_array_equal(images, stylear.generate(pipe, ["two red stars", "one blue circle"], rgba,
+                                                         num=2, seed=1))
   with pytest.raises(ar_t2i.PipelineError, match="style image"):
     stylear.generate(pipe, ["two red stars"], None)
   with pytest.raises(ar_t2i.PipelineError, match="content image"):

@@ -398,9 +398,7 @@ def tune(base: str, image: Any, descriptor: str, content: str = "", rounds: int 
   from stylejax import config as config_lib
   from stylejax.eval.report import save_png
   workdir = workdir or tempfile.mkdtemp(prefix="styledrop_")
-  if hasattr(image, "convert"):  # a PIL image
-    image = np.asarray(image.convert("RGB"))
-  if isinstance(image, np.ndarray):
+  if hasattr(image, "convert") or isinstance(image, np.ndarray):  # a PIL image or an array: saved as the input
     arr = as_images(image, "style image")
     if len(arr) != 1:
       raise StyleDropError(f"StyleDrop tunes on one style image; got a batch of {len(arr)}.")

@@ -33,8 +33,10 @@ def check_prompts(prompts: str | int | Sequence[str | int]) -> list[str | int]:
 
 
 def as_images(x: Any, what: str, count: int | None = None) -> np.ndarray:
-  """One image [H, W, 3] or a batch [N, H, W, 3], uint8 or float in [0, 1] -> uint8 [N, H, W, 3];
-  with `count`, one image is repeated to `count` rows and N must be 1 or `count`."""
+  """One image [H, W, 3] or a batch [N, H, W, 3], uint8 or float in [0, 1], or PIL images (any mode) ->
+  uint8 [N, H, W, 3]; with `count`, one image is repeated to `count` rows and N must be 1 or `count`."""
+  if hasattr(x, "convert") or (isinstance(x, (list, tuple)) and x and all(hasattr(i, "convert") for i in x)):
+    x = [np.asarray(i.convert("RGB")) for i in (x if isinstance(x, (list, tuple)) else [x])]  # RGBA, palette, L
   a = np.asarray(x)
   if a.ndim == 3:
     a = a[None]
