@@ -57,7 +57,7 @@ class ImageCaptionSource:
     self.images, self.captions = load_image_captions(path)
     if image_size is not None and self.images.shape[1:3] != (image_size, image_size):
       raise ConfigError(f"{path} holds {self.images.shape[1]}x{self.images.shape[2]} images; the model "
-                       f"takes {image_size}x{image_size}.")
+                        f"takes {image_size}x{image_size}.")
     self.kinds = tuple(k for k in str(augment).replace(" ", "").split(",") if k)
     unknown = set(self.kinds) - set(AUGMENTS)
     if unknown:

@@ -44,7 +44,7 @@ def make_dataset(source: Any, global_batch_size: int, seed: int = 0, shuffle: bo
                      f"need 0 <= process_index < process_count.")
   if global_batch_size % process_count:
     raise ConfigError(f"global batch size {global_batch_size} does not divide over {process_count} hosts; "
-                     f"use a multiple of {process_count}.")
+                      f"use a multiple of {process_count}.")
   if num_epochs is not None and num_epochs <= 0:
     raise ConfigError(f"num_epochs={num_epochs}; use a positive count or None (repeat forever).")
   n = len(source)
@@ -52,7 +52,7 @@ def make_dataset(source: Any, global_batch_size: int, seed: int = 0, shuffle: bo
     raise ConfigError("the data source is empty; check the dataset path, split and num_examples.")
   if num_epochs is not None and n * num_epochs < global_batch_size:
     raise ConfigError(f"{n} examples x {num_epochs} epochs is less than one global batch of {global_batch_size}; "
-                     f"lower the batch size or raise num_epochs.")
+                      f"lower the batch size or raise num_epochs.")
   ds = grain.MapDataset.source(source)
   if transform is not None:
     ds = ds.map(transform)

@@ -755,10 +755,10 @@ class ShapeStyleSource:
         raise ConfigError(f"{name}={value}; use a value in [0, 1].")
     if random_style_fraction and not random_style_stream:
       raise ConfigError("random_style_fraction > 0 needs the consumer's own random_style_stream (a nonzero int), "
-                       "so its fresh styles never equal an eval held-out style.")
+                        "so its fresh styles never equal an eval held-out style.")
     if random_style_fraction and split == "heldout_prompts":
       raise ConfigError("split='heldout_prompts' draws held-out (content, named style) prompts only; "
-                       "set random_style_fraction=0 for it.")
+                        "set random_style_fraction=0 for it.")
     self.random_style_fraction, self.random_style_stream = float(random_style_fraction), int(random_style_stream)
 
   def __len__(self) -> int:

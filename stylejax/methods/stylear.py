@@ -180,7 +180,7 @@ class DPOPairs:
   def __init__(self, path: str):
     if not path:
       raise ConfigError("dpo.pairs is empty; build pairs first with stylejax.methods.stylear.build_dpo_pairs "
-                       "(launch/stylear_ablations.py does) and pass the .npz path.")
+                        "(launch/stylear_ablations.py does) and pass the .npz path.")
     if not os.path.exists(path):
       raise ConfigError(f"dpo.pairs={path!r} does not exist; build it with stylear.build_dpo_pairs.")
     with np.load(path) as f:
@@ -215,8 +215,8 @@ class StyleARDPOTask(StyleARTask):
     pairs = DPOPairs(self.config.dpo.pairs)
     if pairs.logp_cfg_scale != self.logp_cfg_scale:
       raise ConfigError(f"dpo.logp_cfg_scale={self.logp_cfg_scale:g} but {self.config.dpo.pairs} holds reference "
-                       f"log-probs at {pairs.logp_cfg_scale:g}; set dpo.logp_cfg_scale={pairs.logp_cfg_scale:g} "
-                       "or rebuild the pairs with build_dpo_pairs(..., logp_cfg_scale=...).")
+                        f"log-probs at {pairs.logp_cfg_scale:g}; set dpo.logp_cfg_scale={pairs.logp_cfg_scale:g} "
+                        "or rebuild the pairs with build_dpo_pairs(..., logp_cfg_scale=...).")
     return pairs
 
   def flops_per_example(self) -> float:

@@ -226,7 +226,7 @@ class ARImageTask(Task):
     tok = _cached_part("tokenizer", self.config.tokenizer, load_image_tokenizer)
     if (tok.seq_len, tok.codebook_size) != (self.seq_len, self.codebook_size):
       raise ConfigError(f"the tokenizer gives {tok.seq_len} ids from {tok.codebook_size} codes; set "
-                       f"model.seq_len={tok.seq_len} and model.codebook_size={tok.codebook_size}.")
+                        f"model.seq_len={tok.seq_len} and model.codebook_size={tok.codebook_size}.")
     return tok
 
   @property
@@ -236,7 +236,7 @@ class ARImageTask(Task):
     text = _cached_part("text", self.config.text_encoder, load_text_encoder)
     if (text.dim, text.max_len) != (self.text_dim, self.text_len):
       raise ConfigError(f"the text encoder gives [T={text.max_len}, D={text.dim}] embeddings; set "
-                       f"model.text_len={text.max_len} and model.text_dim={text.dim}.")
+                        f"model.text_len={text.max_len} and model.text_dim={text.dim}.")
     return text
 
   @property
@@ -609,5 +609,5 @@ class ARImagePipeline:
     best_of_rank: "cosine" or "contrastive");
     other keyword arguments as in `generate_ids`."""
     draw = lambda p, k: self.task.image_tokenizer.decode(self.generate_ids(p, k, seed, **kw))
-    return best_of_lib.generate(draw, check_prompts(prompts), num, best_of, best_of_clip or self.config.get("text_encoder"),
-                                best_of_rank)
+    clip = best_of_clip or self.config.get("text_encoder")
+    return best_of_lib.generate(draw, check_prompts(prompts), num, best_of, clip, best_of_rank)

@@ -273,7 +273,7 @@ class CLIPVisionEmbeddings(nn.Module):
     d, p, f = c.hidden_size, c.patch_size, c.initializer_factor
     if p % 2 ** len(c.conv_stem):
       raise ConfigError(f"patch_size {p} is not divisible by 2**{len(c.conv_stem)} (one stride 2 per conv_stem "
-                       "layer); use fewer stem layers or a larger patch.")
+                        "layer); use fewer stem layers or a larger patch.")
     x = pixels
     for i, width in enumerate(c.conv_stem):  # conv -> LayerNorm -> ReLU, stride 2 (Xiao et al. 2021)
       x = nn.Conv(width, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,

@@ -103,7 +103,7 @@ class MuseConfig:
       raise ConfigError(f"model.conv_blocks needs a square token grid; model.seq_len={self.seq_len} is not a square.")
     if self.conv_text_adaln and (self.layout != "muse" or not self.conv_blocks):
       raise ConfigError("model.conv_text_adaln modulates the ConvNeXt stages by the pooled text: it needs "
-                       "model.layout='muse' and model.conv_blocks > 0.")
+                        "model.layout='muse' and model.conv_blocks > 0.")
 
   @property
   def vocab_size(self) -> int:
@@ -666,8 +666,8 @@ class MuseTask(Task):
       if self._tokenizer.seq_len != self.model_config.seq_len or \
          self._tokenizer.codebook_size != self.model_config.codebook_size:
         raise ConfigError(f"the tokenizer gives {self._tokenizer.seq_len} ids from {self._tokenizer.codebook_size} "
-                         f"codes; set model.seq_len={self._tokenizer.seq_len} and "
-                         f"model.codebook_size={self._tokenizer.codebook_size}.")
+                          f"codes; set model.seq_len={self._tokenizer.seq_len} and "
+                          f"model.codebook_size={self._tokenizer.codebook_size}.")
     return self._tokenizer
 
   @property
@@ -679,7 +679,7 @@ class MuseTask(Task):
       c = self.model_config
       if (self._text.dim, self._text.max_len) != (c.text_dim, c.text_len):
         raise ConfigError(f"the text encoder gives [T={self._text.max_len}, D={self._text.dim}] embeddings; "
-                         f"set model.text_len={self._text.max_len} and model.text_dim={self._text.dim}.")
+                          f"set model.text_len={self._text.max_len} and model.text_dim={self._text.dim}.")
     return self._text
 
   def init(self, rng):

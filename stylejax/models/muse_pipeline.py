@@ -122,5 +122,5 @@ class MusePipeline:
     best_of_rank: "cosine" or "contrastive");
     other keyword arguments as in `generate_ids`."""
     draw = lambda p, k: self.tokenizer.decode(self.generate_ids(p, k, seed, **kw))
-    return best_of_lib.generate(draw, check_prompts(prompts), num, best_of, best_of_clip or self.config.get("text_encoder"),
-                                best_of_rank)
+    clip = best_of_clip or self.config.get("text_encoder")
+    return best_of_lib.generate(draw, check_prompts(prompts), num, best_of, clip, best_of_rank)

@@ -308,7 +308,7 @@ class VQGAN(nn.Module):
     dec_mults = tuple(self.decoder_channel_multipliers or self.channel_multipliers)
     if len(dec_mults) != len(self.channel_multipliers):
       raise ConfigError(f"decoder_channel_multipliers {dec_mults} must have as many levels as channel_multipliers "
-                       f"{tuple(self.channel_multipliers)} (the same downsampling factor).")
+                        f"{tuple(self.channel_multipliers)} (the same downsampling factor).")
     stack = dict(filters=self.filters, maskgit_shortcut_quirk=self.maskgit_shortcut_quirk,
                  remat=self.remat, dtype=self.dtype, param_dtype=self.param_dtype)
     self.encoder = Encoder(embedding_dim=self.embedding_dim, channel_multipliers=tuple(self.channel_multipliers),
@@ -523,7 +523,8 @@ def _clip_perceptual_fn(spec: Any) -> FeatureFn:
     raise ConfigError(f"config.perceptual must name a CLIP run, got a {type(task).__name__} one.")
   layers, depth = tuple(spec.get("layers", (0, 1, 2))), task.model.config.vision.num_hidden_layers
   if not layers or any(not -depth - 1 <= i <= depth for i in layers):
-    raise ConfigError(f"config.perceptual.layers={list(layers)}: the CLIP has hidden states 0..{depth}; pick from them.")
+    raise ConfigError(f"config.perceptual.layers={list(layers)}: the CLIP has hidden states 0..{depth}; "
+                      "pick from them.")
   return clip.perceptual_features(task.model, params, layers)
 
 
@@ -576,7 +577,7 @@ class VQGANTask(Task):
     self._perceptual_spec = spec if (spec.get("workdir") or spec.get("config")) else None
     if self.perceptual_weight > 0 and perceptual_fn is None and self._perceptual_spec is None:
       raise ConfigError("model.perceptual_weight > 0 needs a feature extractor: set config.perceptual.workdir to a "
-                       "CLIP run (e.g. shapestyle:clip_style), or VQGANTask(config, perceptual_fn=fn).")
+                        "CLIP run (e.g. shapestyle:clip_style), or VQGANTask(config, perceptual_fn=fn).")
     self.perceptual_fn = perceptual_fn
     self.perceptual_layer_weights = perceptual_layer_weights
 
@@ -615,7 +616,7 @@ class VQGANTask(Task):
     fg = float(m.get("foreground_weight", 0.0))
     if fg > 0 and "mask" not in batch:
       raise ConfigError("model.foreground_weight > 0 needs a data source with a foreground 'mask' "
-                       "(config.data.name='shapestyle'); set it to 0 for other data.")
+                        "(config.data.name='shapestyle'); set it to 0 for other data.")
     weight = 1.0 + fg * batch["mask"].astype(jnp.float32) if fg > 0 else None
     rec = reconstruction_loss(recon, images, m.get("recon_loss", "l1"), weight)
     total = (rec + m.get("commitment", 0.25) * aux["commitment_loss"] + aux["codebook_loss"]
@@ -672,7 +673,7 @@ class VQGANTask(Task):
         shapestyle = importlib.import_module("stylejax.data.shapestyle")  # lazy: only this branch needs it
       except ImportError as e:
         raise ConfigError(f"config.data.name='shapestyle' but stylejax.data.shapestyle cannot be imported ({e}); "
-                         f"install the package fully or use config.data.name='procedural'.") from None
+                          f"install the package fully or use config.data.name='procedural'.") from None
       # ShapeStyle keeps train and test on disjoint RNG streams itself, so it gets the base seed.
       return _ImageAdapter(shapestyle.ShapeStyleSource(
           split=split, image_size=d.image_size, seed=int(d.get("seed", 0)), num_examples=d.num_examples,

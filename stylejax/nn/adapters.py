@@ -139,7 +139,7 @@ class AdapterConfig:
     unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
       raise ConfigError(f"unknown adapters config keys {sorted(unknown)}; valid: "
-                       f"{sorted(f.name for f in dataclasses.fields(cls))}.")
+                        f"{sorted(f.name for f in dataclasses.fields(cls))}.")
     layers = d.get("layers")
     if isinstance(layers, str):
       if layers != "all":

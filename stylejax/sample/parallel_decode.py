@@ -78,7 +78,7 @@ class DecodeConfig:
         raise ConfigError(f"DecodeConfig.{name}={getattr(self, name)!r}; use one of {allowed}.")
     if self.num_steps < 1 or not 0 <= self.start_step < self.num_steps:
       raise ConfigError(f"Need num_steps >= 1 and 0 <= start_step < num_steps, got "
-                       f"num_steps={self.num_steps}, start_step={self.start_step}.")
+                        f"num_steps={self.num_steps}, start_step={self.start_step}.")
     if self.temperature < 0 or self.choice_temperature < 0:
       raise ConfigError("temperature and choice_temperature must be >= 0.")
 
