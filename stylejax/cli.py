@@ -250,10 +250,13 @@ def _is_user_error(e: Exception) -> bool:
   from stylejax import config as config_lib  # light import: no jax
   names = {"ParallelError", "TrainError", "ImageError", "PipelineError", "StyleDropError", "ShippedError",
            "SelectionError", "BestOfError"}
-  return isinstance(e, (UsageError, config_lib.ConfigError)) or type(e).__name__ in names
+  # OSError: a path the user gave cannot be made, read or written (not a directory, no permission, disk full)
+  return isinstance(e, (UsageError, config_lib.ConfigError, OSError)) or type(e).__name__ in names
 
 
 def _one_line(e: Exception) -> str:
+  if isinstance(e, OSError) and e.filename and e.strerror:
+    return f"{e.strerror}: {e.filename!r}; check the path and its permissions."
   return " ".join(str(e).split())
 
 

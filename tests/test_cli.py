@@ -69,6 +69,9 @@ def test_bad_config_values_exit_with_one_line_and_leave_the_run_alone(tmp_path, 
     rc = cli.main(["train", "--config", config, "--workdir", str(workdir), "--config.total_steps=8", *extra])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("stylejax train: error:") and needle in err[0], err
+  rc = cli.main(["train", "--config", "configs/toy.py:runlocal", "--workdir", str(run / "config.json" / "sub")])
+  err = capsys.readouterr().err.strip().splitlines()  # a workdir path that cannot be made: one line too
+  assert rc == 2 and len(err) == 1 and "Not a directory" in err[0] and "config.json/sub" in err[0], err
   assert (run / "config.json").read_bytes() == record and sorted(os.listdir(run / "checkpoints")) == checkpoints
   assert not (tmp_path / "muse" / "config.json").exists()  # no record of a run that never started
 
