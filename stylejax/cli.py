@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 def _is_user_error(e: Exception) -> bool:
   from stylejax import config as config_lib  # light import: no jax
   names = {"ParallelError", "TrainError", "ImageError", "PipelineError", "StyleDropError", "ShippedError",
-           "SelectionError", "BestOfError"}
+           "SelectionError", "BestOfError", "CheckpointError"}
   # OSError: a path the user gave cannot be made, read or written (not a directory, no permission, disk full)
   return isinstance(e, (UsageError, config_lib.ConfigError, OSError)) or type(e).__name__ in names
 

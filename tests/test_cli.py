@@ -69,6 +69,12 @@ def test_bad_config_values_exit_with_one_line_and_leave_the_run_alone(tmp_path, 
     rc = cli.main(["train", "--config", config, "--workdir", str(workdir), "--config.total_steps=8", *extra])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("stylejax train: error:") and needle in err[0], err
+  for change, needle in (("--config.model.hidden=32", "params['block0_in']['bias']: shape (256,) saved, shape (128,)"),
+                         ("--config.optimizer.name=sgd", "tree structures do not match")):  # another model or optimizer
+    out = stylejax("train", "--config", "configs/toy.py:runlocal", "--workdir", str(run), change,
+                   "--config.total_steps=8")  # a subprocess: orbax's readers must not print at exit either
+    lines = [l for l in out.stderr.splitlines() if not l.startswith("WARNING")]
+    assert out.returncode == 2 and len(lines) == 1 and "does not fit" in lines[0] and needle in lines[0], out.stderr
   rc = cli.main(["train", "--config", "configs/toy.py:runlocal", "--workdir", str(run / "config.json" / "sub")])
   err = capsys.readouterr().err.strip().splitlines()  # a workdir path that cannot be made: one line too
   assert rc == 2 and len(err) == 1 and "Not a directory" in err[0] and "config.json/sub" in err[0], err

@@ -86,7 +86,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax
                                     process_index=jax.process_index(), process_count=jax.process_count(),
                                     numeric_only=True)
   if latest is not None:
-    state, data_state = checkpointer.restore(state)
+    try:
+      state, data_state = checkpointer.restore(state)
+    except ckpt_lib.CheckpointError:
+      checkpointer.close()  # an open manager's async threads would print errors at exit
+      raise
     if data_state is not None:
       data.set_state(data_state)
   elif config.get("init_from", {}).get("workdir"):
