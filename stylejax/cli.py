@@ -123,6 +123,7 @@ def _sample(fv) -> int:
     raise UsageError("sample needs --workdir DIR --prompt TEXT --out FILE.png.")
   if not fv.out.lower().endswith(".png"):
     raise UsageError(f"--out {fv.out!r} must be a .png file.")
+  _prepare_out(fv.out)
   from stylejax.eval import report
   from stylejax.methods import styledrop
   kw = dict(num_steps=fv.steps, negative_prompt=fv.negative_prompt, scale=fv.guidance_scale, best_of=fv.best_of,
@@ -153,6 +154,15 @@ def _sample(fv) -> int:
   return 0
 
 
+def _prepare_out(path: str) -> None:
+  """Makes --out's folder first, so a path that cannot be written fails before minutes of sampling or scoring
+  (an OSError, reported in one line naming the path)."""
+  import os
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  if os.path.isdir(path):
+    raise UsageError(f"--out {path!r} is a folder; name a file in it.")
+
+
 def _task_of(workdir: str) -> str:
   """The `config.task` of a workdir or shipped name ("" if it has none), without loading weights."""
   import json
@@ -173,6 +183,8 @@ def _eval(fv) -> int:
     raise UsageError("eval needs --workdir DIR (a run, a StyleDrop workdir, or a shipped model like shapestyle:base).")
   import json
   from stylejax.methods import styledrop
+  if fv.out:
+    _prepare_out(fv.out)
   if styledrop.is_styledrop_workdir(fv.workdir):
     result = {"kind": "styledrop", "metrics": styledrop.evaluate_workdir(fv.workdir, seed=fv.seed)}
   elif _task_of(fv.workdir).startswith("stylejax.methods.stylear:"):

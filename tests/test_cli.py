@@ -51,7 +51,7 @@ def test_bad_configs_exit_with_one_clear_line(tmp_path, args, needle):
   assert len(lines) == 1 and needle in lines[0], out.stderr
 
 
-def test_bad_config_values_exit_with_one_line_and_leave_the_run_alone(tmp_path, capsys):
+def test_bad_values_checkpoints_and_paths_exit_with_one_line_and_leave_the_run_alone(tmp_path, capsys):
   # Values the config validators reject (optimizer, model, schedule) and a tokenizer whose ids do not fit the
   # model, which only shows when the first batch is encoded. In-process: an uncaught error fails the test.
   from stylejax import cli
@@ -78,6 +78,15 @@ def test_bad_config_values_exit_with_one_line_and_leave_the_run_alone(tmp_path, 
   rc = cli.main(["train", "--config", "configs/toy.py:runlocal", "--workdir", str(run / "config.json" / "sub")])
   err = capsys.readouterr().err.strip().splitlines()  # a workdir path that cannot be made: one line too
   assert rc == 2 and len(err) == 1 and "Not a directory" in err[0] and "config.json/sub" in err[0], err
+  for argv, needle in ((["sample", "--prompt=one red star", f"--out={run / 'config.json' / 'x.png'}"], "config.json"),
+                       (["sample", "--prompt=one red star", f"--out={run}.png"], ""),
+                       (["eval", f"--out={run / 'config.json' / 'm.json'}"], "config.json")):
+    if not needle:  # --out names an existing folder
+      os.makedirs(f"{run}.png")
+      needle = "is a folder"
+    rc = cli.main([argv[0], f"--workdir={run}", *argv[1:]])  # checked before anything is loaded or sampled
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and needle in err[0], err
   assert (run / "config.json").read_bytes() == record and sorted(os.listdir(run / "checkpoints")) == checkpoints
   assert not (tmp_path / "muse" / "config.json").exists()  # no record of a run that never started
 
