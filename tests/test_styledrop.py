@@ -301,6 +301,12 @@ def test_cli_sample_eval_and_bad_inputs(clip_run, base, tmp_path):
     r = _cli("train", f"--config={RUNLOCAL}", f"--workdir={tmp_path / 'w'}", f"--config.styledrop.base={base}", *extra)
     assert r.returncode == 2, (extra, r.stderr)
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
+  toy = tmp_path / "toy"  # a run of another task, whose config has no image size
+  toy.mkdir()
+  (toy / "config.json").write_text(json.dumps({"task": "stylejax.train.toy:ToyTask", "model": {}, "data": {}}))
+  r = _cli("train", f"--config={RUNLOCAL}", f"--workdir={tmp_path / 'w2'}", f"--config.styledrop.base={toy}")
+  assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+  assert "is not a text-to-image Muse run" in r.stderr and not (tmp_path / "w2").exists()
   demo_cases = [(["--descriptor= "], "--descriptor is empty"), (["--steps=0"], "--steps=0"),
                 (["--style_image=" + str(bad)], "needs --descriptor")]  # before anything loads or is written
   for extra, needle in demo_cases:

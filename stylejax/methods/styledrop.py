@@ -88,15 +88,21 @@ def write_bundled_reference(k: int = 3, content: str = "one orange heart") -> No
 
 # ------------------------------------------------------------------------------ configs of a round
 def _base_config(base: str) -> ml_collections.ConfigDict:
+  """The config of the text-to-image Muse run StyleDrop tunes (a shipped name or a workdir)."""
   from stylejax import config as config_lib, shipped
   if shipped.is_shipped(base):
-    return config_lib.from_json(json.dumps(shipped.info(base)["config"]))
-  path = os.path.join(base, "config.json")
-  if not os.path.exists(path):
-    raise StyleDropError(f"base {base!r} is not a Muse workdir (no config.json); pass shapestyle:base or a "
+    config = config_lib.from_json(json.dumps(shipped.info(base)["config"]))
+  else:
+    path = os.path.join(base, "config.json")
+    if not os.path.exists(path):
+      raise StyleDropError(f"base {base!r} is not a Muse workdir (no config.json); pass shapestyle:base or a "
+                           f"`stylejax train --config configs/muse.py` workdir.")
+    with open(path) as f:
+      config = config_lib.from_json(f.read())
+  if config.get("task") != "stylejax.models.muse:MuseTask" or config.model.get("layout") == "maskgit":
+    raise StyleDropError(f"base {base!r} is not a text-to-image Muse run; pass shapestyle:base or a "
                          f"`stylejax train --config configs/muse.py` workdir.")
-  with open(path) as f:
-    return config_lib.from_json(f.read())
+  return config
 
 
 def round_config(config: ml_collections.ConfigDict, data_path: str, steps: int,
@@ -105,8 +111,6 @@ def round_config(config: ml_collections.ConfigDict, data_path: str, steps: int,
   optimizer and schedule, trained on the saved image-caption set, initialised from the base (or from
   `init_from`, a previous round's workdir: its base params and adapters)."""
   base = _base_config(config.styledrop.base)
-  if base.task != "stylejax.models.muse:MuseTask" or base.model.get("layout") == "maskgit":
-    raise StyleDropError(f"base {config.styledrop.base!r} is not a text-to-image Muse run.")
   c = ml_collections.ConfigDict(base.to_dict())
   c.model.adapters = ml_collections.ConfigDict(config.adapters.to_dict())
   for key in ("optimizer", "checkpoint", "compute_dtype", "seed", "log_every", "progress", "ema_decay",
