@@ -63,6 +63,9 @@ def test_bad_values_checkpoints_and_paths_exit_with_one_line_and_leave_the_run_a
            ("configs/toy.py:runlocal", run, ["--config.optimizer.schedule=step"], "optimizer.schedule='step'"),
            ("configs/muse.py:runlocal", tmp_path / "muse", ["--config.model.layout=uvit3"], "model.layout='uvit3'"),
            ("configs/muse.py:runlocal", tmp_path / "muse", ["--config.model.mask_schedule=cubic"], "cubic"),
+           ("configs/toy.py:runlocal", run, ["--config.total_steps=-5"], "total_steps=-5: each must be"),
+           ("configs/toy.py:runlocal", run, ["--config.log_every=0"], "log_every=0: each must be"),
+           ("configs/toy.py:runlocal", run, ["--config.optimizer.lr=-0.1"], "optimizer.lr=-0.1"),
            ("configs/muse.py:runlocal", tmp_path / "muse", ["--config.model.seq_len=64"],
             "the tokenizer gives 16 ids from 32 codes; set model.seq_len=16")]
   for config, workdir, extra, needle in cases:  # the toy run is unfinished at 8 steps: it would train on

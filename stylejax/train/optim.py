@@ -6,6 +6,7 @@ triple its memory).
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -37,6 +38,8 @@ def trainable_mask(params: Any, opt: ml_collections.ConfigDict) -> Any:
 def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
   """Linear warmup, then cosine | linear | rsqrt | constant decay to `end_lr_frac * lr`."""
   lr, warmup = opt.lr, int(opt.warmup_steps)
+  if not (math.isfinite(lr) and lr >= 0) or warmup < 0:
+    raise ConfigError(f"optimizer.lr={lr}, optimizer.warmup_steps={warmup}; use a finite rate >= 0 and warmup >= 0.")
   end = lr * opt.get("end_lr_frac", 0.0)
   decay_steps = max(total_steps - warmup, 1)
   if opt.schedule == "cosine":

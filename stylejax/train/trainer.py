@@ -56,6 +56,13 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
   state's shapes and shardings only (`step.init_state`), the target a checkpoint restores into."""
   if not config.get("task"):
     raise config_lib.ConfigError("config.task is empty; the config must name a Task class.")
+  counts = {"total_steps": config.total_steps, "batch_size": config.batch_size, "log_every": config.log_every,
+            "checkpoint.every": config.checkpoint.every, "grad_accum_steps": config.get("grad_accum_steps", 1)}
+  if config.checkpoint.get("keep") is not None:  # None: orbax keeps every checkpoint
+    counts["checkpoint.keep"] = config.checkpoint.keep
+  bad = {k: v for k, v in counts.items() if int(v) < 1}
+  if bad:
+    raise config_lib.ConfigError(f"{', '.join(f'{k}={v}' for k, v in bad.items())}: each must be a whole number >= 1.")
   mesh = parallel.make_mesh(config.mesh, devices)
   parallel.check_batch(config.batch_size, mesh, config.grad_accum_steps)
   task = load_task(config)
