@@ -52,8 +52,9 @@ def test_bad_configs_exit_with_one_clear_line(tmp_path, args, needle):
 
 
 def test_bad_values_checkpoints_and_paths_exit_with_one_line_and_leave_the_run_alone(tmp_path, capsys):
-  # Values the config validators reject (optimizer, model, schedule) and a tokenizer whose ids do not fit the
-  # model, which only shows when the first batch is encoded. In-process: an uncaught error fails the test.
+  # Values the config validators reject (optimizer, model, schedules, counts), a tokenizer whose ids do not fit the
+  # model (it only shows when the first batch is encoded), a checkpoint of another model or optimizer, and paths
+  # that cannot be written. In-process where possible: an uncaught error fails the test.
   from stylejax import cli
   run = tmp_path / "run"
   assert cli.main(["train", "--config", "configs/toy.py:runlocal", "--workdir", str(run), "--config.progress=false"]) == 0
@@ -81,12 +82,10 @@ def test_bad_values_checkpoints_and_paths_exit_with_one_line_and_leave_the_run_a
   rc = cli.main(["train", "--config", "configs/toy.py:runlocal", "--workdir", str(run / "config.json" / "sub")])
   err = capsys.readouterr().err.strip().splitlines()  # a workdir path that cannot be made: one line too
   assert rc == 2 and len(err) == 1 and "Not a directory" in err[0] and "config.json/sub" in err[0], err
+  os.makedirs(f"{run}.png")  # an --out that is a folder
   for argv, needle in ((["sample", "--prompt=one red star", f"--out={run / 'config.json' / 'x.png'}"], "config.json"),
-                       (["sample", "--prompt=one red star", f"--out={run}.png"], ""),
+                       (["sample", "--prompt=one red star", f"--out={run}.png"], "is a folder"),
                        (["eval", f"--out={run / 'config.json' / 'm.json'}"], "config.json")):
-    if not needle:  # --out names an existing folder
-      os.makedirs(f"{run}.png")
-      needle = "is a folder"
     rc = cli.main([argv[0], f"--workdir={run}", *argv[1:]])  # checked before anything is loaded or sampled
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and needle in err[0], err
