@@ -329,7 +329,7 @@ def test_readme_notebook_example_runs_as_written(clip_run):
 
 
 def test_tune_rejects_arrays_that_are_not_one_rgb_image(base, tmp_path):
-  for bad, needle in ((np.full((32, 32, 3), 200.0), "not in [0, 1]"), (np.zeros((32, 32)), "RGB image"),
+  for bad, needle in ((np.full((32, 32, 3), 200.0), "not in [0, 1]"), (np.zeros((32, 32)), "RGB image"),  # float grayscale: uint8 [H, W] is read as an image
                       (np.zeros((2, 32, 32, 3), np.uint8), "one style image")):
     with pytest.raises(ValueError, match=re.escape(needle)):
       styledrop.tune(base, bad, "watercolor", workdir=str(tmp_path / "sd"), config=RUNLOCAL, progress=False)

@@ -85,7 +85,7 @@ def _open(path: str, data: bytes) -> Image.Image:
   return img
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
   """Any mode -> 8-bit RGB; transparency composited on white; high bit depths rescaled."""
   mode = img.mode
   if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
@@ -129,7 +129,7 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
   except Exception as e:  # truncated / corrupt pixel data: OSError, SyntaxError, ValueError, EOFError, ...
     raise _broken(path, e) from None
   try:
-    rgb = _to_rgb(ImageOps.exif_transpose(img))
+    rgb = to_rgb(ImageOps.exif_transpose(img))
   except Exception as e:
     raise _fail(path, f"its color mode {img.mode!r} cannot be converted to RGB ({_one_line(e)})",
                 "save it as an 8-bit RGB PNG or JPEG") from None

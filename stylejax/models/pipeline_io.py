@@ -33,11 +33,16 @@ def check_prompts(prompts: str | int | Sequence[str | int]) -> list[str | int]:
 
 
 def as_images(x: Any, what: str, count: int | None = None) -> np.ndarray:
-  """One image [H, W, 3] or a batch [N, H, W, 3], uint8 or float in [0, 1], or PIL images (any mode) ->
-  uint8 [N, H, W, 3]; with `count`, one image is repeated to `count` rows and N must be 1 or `count`."""
+  """One image [H, W, 3] or a batch [N, H, W, 3], uint8 or float in [0, 1], PIL images (any mode), or one uint8
+  grayscale [H, W] or RGBA [H, W, 4] array -> uint8 [N, H, W, 3], converted as image files are (transparency
+  composited on white); with `count`, one image is repeated to `count` rows and N must be 1 or `count`."""
+  from PIL import Image
+  from stylejax.data.images import to_rgb
   if hasattr(x, "convert") or (isinstance(x, (list, tuple)) and x and all(hasattr(i, "convert") for i in x)):
-    x = [np.asarray(i.convert("RGB")) for i in (x if isinstance(x, (list, tuple)) else [x])]  # RGBA, palette, L
+    x = [np.asarray(to_rgb(i)) for i in (x if isinstance(x, (list, tuple)) else [x])]
   a = np.asarray(x)
+  if a.dtype == np.uint8 and (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] == 4)):
+    a = np.asarray(to_rgb(Image.fromarray(a)))
   if a.ndim == 3:
     a = a[None]
   if a.ndim != 4 or a.shape[-1] != 3 or min(a.shape[1:3]) < 1:
